@@ -1,0 +1,3 @@
+"""edged: an edge daemon for real-time facial emotion recognition."""
+
+__version__ = "0.1.0"
