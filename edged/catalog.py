@@ -1,0 +1,383 @@
+"""The model catalogue and the phase table: explicit data, no discovery.
+
+Every model edged knows is one :class:`ModelSpec` in :data:`CATALOG`: where its file(s) sit
+in the seed's layout under the models directory, what it is, the input/output contract the
+loader checks, its preprocessing and its class order, and where it can be downloaded.
+:data:`PHASES` names, for each phase of the seed, the fallback chain of detectors and of
+emotion models and how faces are cropped.
+
+This module imports nothing else from edged, so the config can validate model names
+against it and the CLI can list it without loading ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+#: The labels edged reports, whatever a model calls its classes (the contract's list).
+CANONICAL_LABELS: tuple[str, ...] = (
+    "neutral",
+    "happy",
+    "sad",
+    "angry",
+    "fearful",
+    "disgusted",
+    "surprised",
+    "contemptuous",
+)
+
+#: Model class names (HSEmotion, FER2013, AffectNet spellings) → canonical label.
+LABEL_ALIASES: dict[str, str] = {
+    "anger": "angry",
+    "angry": "angry",
+    "contempt": "contemptuous",
+    "contemptuous": "contemptuous",
+    "disgust": "disgusted",
+    "disgusted": "disgusted",
+    "fear": "fearful",
+    "fearful": "fearful",
+    "happiness": "happy",
+    "happy": "happy",
+    "neutral": "neutral",
+    "sadness": "sad",
+    "sad": "sad",
+    "surprise": "surprised",
+    "surprised": "surprised",
+}
+
+HSEMOTION_7 = ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
+HSEMOTION_8 = (
+    "Anger",
+    "Contempt",
+    "Disgust",
+    "Fear",
+    "Happiness",
+    "Neutral",
+    "Sadness",
+    "Surprise",
+)
+FER2013_7 = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ModelKind = Literal["detector", "emotion"]
+Family = Literal["scrfd", "yunet", "retinaface", "hsemotion", "efficientvit", "fer"]
+CropMode = Literal["box", "align"]
+
+_HSE_BASE = (
+    "https://github.com/HSE-asavchenko/face-emotion-recognition/raw/main/models/"
+    "affectnet_emotions/onnx/"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a file comes from upstream. ``member`` names a file inside a zip archive."""
+
+    url: str
+    sha256: str = ""
+    member: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the loader, the fetcher and the CLI need to know about one model.
+
+    ``files`` are relative to the models directory (the seed layout) except for
+    ``shipped`` models, whose files are relative to edged's own ``models/`` directory.
+    ``inputs``/``outputs`` give the expected tensor shapes per file, in file order, with
+    ``None`` for a dynamic axis; the loader compares them with the session's and raises a
+    ModelMismatchError naming file, expected and actual.
+    """
+
+    name: str
+    kind: ModelKind
+    family: Family
+    files: tuple[str, ...]
+    description: str
+    input_size: int
+    inputs: tuple[tuple[tuple[int | None, ...], ...], ...]
+    outputs: tuple[tuple[tuple[int | None, ...], ...], ...]
+    labels: tuple[str, ...] = ()
+    color: Literal["rgb", "bgr", "gray"] = "rgb"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    sources: tuple[Source, ...] = ()
+    shipped: bool = False
+    license: str = ""
+    #: Rough download size in bytes, shown before fetching.
+    size_hint: int = 0
+    notes: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def canonical_labels(self) -> tuple[str, ...]:
+        """The model's classes in its own order, spelled the canonical way."""
+        return tuple(LABEL_ALIASES[label.lower()] for label in self.labels)
+
+    def paths(self, models_dir: Path) -> tuple[Path, ...]:
+        base = shipped_models_dir() if self.shipped else models_dir
+        return tuple(base / f for f in self.files)
+
+
+def shipped_models_dir() -> Path:
+    """edged's own ``models/`` directory: inside the wheel, or the repository checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_models"
+    return packaged if packaged.is_dir() else here.parent / "models"
+
+
+_SCRFD_OUT = tuple(
+    (1, n, c) for c in (1, 4, 10) for n in (12800, 3200, 800)
+)  # scores s8,s16,s32 / boxes / kps, at 640x640
+
+
+def _scrfd(name: str, file: str, desc: str, sources: tuple[Source, ...], size: int) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="detector",
+        family="scrfd",
+        files=(file,),
+        description=desc,
+        input_size=640,
+        # Exports with a dynamic input exist too; the loader accepts None where fixed here.
+        inputs=(((1, 3, 640, 640),),),
+        outputs=(tuple((None, None, c) for c in (1, 1, 1, 4, 4, 4, 10, 10, 10)),),
+        color="rgb",
+        mean=(127.5, 127.5, 127.5),
+        std=(128.0, 128.0, 128.0),
+        sources=sources,
+        license="InsightFace: non-commercial research use only",
+        size_hint=size,
+    )
+
+
+_YUNET_OUT = tuple((None, None, c) for c in (1, 1, 1, 1, 1, 1, 4, 4, 4, 10, 10, 10))
+
+
+def _hse(
+    name: str, file: str, upstream: str, labels: tuple[str, ...], size: int, nbytes: int, desc: str
+) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        kind="emotion",
+        family="hsemotion",
+        files=(file,),
+        description=desc,
+        input_size=size,
+        inputs=(((None, 3, size, size),),),
+        outputs=(((None, len(labels)),),),
+        labels=labels,
+        color="rgb",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        sources=(Source(url=_HSE_BASE + upstream),) if upstream else (),
+        license="Apache-2.0 (HSEmotion)",
+        size_hint=nbytes,
+    )
+
+
+CATALOG: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _scrfd(
+            "scrfd_10g",
+            "scrfd/scrfd_10g_bnkps.onnx",
+            "SCRFD-10GF face detector with 5 landmarks (InsightFace buffalo_l det_10g)",
+            (
+                Source(
+                    url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+                    member="det_10g.onnx",
+                ),
+            ),
+            16_923_827,
+        ),
+        _scrfd(
+            "scrfd_2.5g",
+            "scrfd/scrfd_2.5g_bnkps.onnx",
+            "SCRFD-2.5GF face detector with 5 landmarks",
+            (),
+            3_291_017,
+        ),
+        _scrfd(
+            "scrfd_500m",
+            "scrfd/scrfd_500m_bnkps.onnx",
+            "SCRFD-0.5GF face detector with 5 landmarks",
+            (
+                Source(
+                    url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_s.zip",
+                    member="det_500m.onnx",
+                ),
+            ),
+            2_524_095,
+        ),
+        ModelSpec(
+            name="yunet",
+            kind="detector",
+            family="yunet",
+            files=("yunet/face_detection_yunet_2023mar.onnx",),
+            description="YuNet face detector with 5 landmarks (OpenCV model zoo, 2023mar)",
+            input_size=640,
+            inputs=(((None, 3, None, None),),),
+            outputs=(_YUNET_OUT,),
+            color="bgr",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            sources=(
+                Source(
+                    url="https://github.com/opencv/opencv_zoo/raw/main/models/"
+                    "face_detection_yunet/face_detection_yunet_2023mar.onnx",
+                ),
+            ),
+            license="MIT",
+            size_hint=232_589,
+        ),
+        ModelSpec(
+            name="retinaface",
+            kind="detector",
+            family="retinaface",
+            files=("insightface/models/retinaface_r50.onnx",),
+            description="InsightFace RetinaFace-R50 (legacy detector of the `current` phase)",
+            input_size=640,
+            inputs=(((None, 3, None, None),),),
+            outputs=(),
+            color="rgb",
+            mean=(127.5, 127.5, 127.5),
+            std=(128.0, 128.0, 128.0),
+            license="InsightFace: non-commercial research use only",
+            notes="No public ONNX download with a stable URL; install with `edged models import`.",
+        ),
+        _hse(
+            "enet_b2_7",
+            "emotieff/fer_enet_b2_7.onnx",
+            "enet_b2_7.onnx",
+            HSEMOTION_7,
+            260,
+            30_701_036,
+            "HSEmotion EfficientNet-B2, 7 classes, 260x260",
+        ),
+        _hse(
+            "enet_b0_8",
+            "emotieff/fer_enet_b0_8.onnx",
+            "enet_b0_8_best_vgaf.onnx",
+            HSEMOTION_8,
+            224,
+            16_018_266,
+            "HSEmotion EfficientNet-B0, 8 classes, 224x224",
+        ),
+        _hse(
+            "mobilenet_7",
+            "affectnet_fer/affectnet_mobilenet_7.onnx",
+            "",  # no upstream file with a stable URL: `edged models import`
+            HSEMOTION_7,
+            224,
+            12_801_824,
+            "AffectNet MobileNet, 7 classes, 224x224",
+        ),
+        ModelSpec(
+            name="efficientvit_m5",
+            kind="emotion",
+            family="efficientvit",
+            files=(
+                "efficientvit/efficientvit_m5_backbone.onnx",
+                "efficientvit/efficientvit_m5_emotion_head.onnx",
+            ),
+            description="EfficientViT-M5 backbone + emotion head, 8 classes, 224x224",
+            input_size=224,
+            inputs=(((None, 3, 224, 224),), ((None, 384),)),
+            outputs=(((None, 384),), ((None, 8),)),
+            labels=HSEMOTION_8,
+            color="rgb",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            license="project-trained weights required (see models/README.md)",
+            size_hint=31_335_570,
+            notes="No public weights: train with tools/train_emotion.py or import your own.",
+        ),
+        ModelSpec(
+            name="edged_fer",
+            kind="emotion",
+            family="fer",
+            files=("edged_fer/edged_fer_v1.onnx",),
+            description="edged's own FER model (48x48 grayscale, FER2013), ships with edged",
+            input_size=48,
+            inputs=(((None, 1, 48, 48),),),
+            outputs=(((None, 7),),),
+            labels=FER2013_7,
+            color="gray",
+            mean=(0.5,),
+            std=(0.5,),
+            shipped=True,
+            license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One row of the seed's phase table: fallback chains and the crop the phase uses."""
+
+    name: str
+    detectors: tuple[str, ...]
+    classifiers: tuple[str, ...]
+    crop: CropMode
+    smoothing: bool
+    description: str
+
+
+PHASES: dict[str, PhaseSpec] = {
+    p.name: p
+    for p in (
+        PhaseSpec(
+            "sota_phase3",
+            ("scrfd_10g", "scrfd_2.5g", "scrfd_500m"),
+            ("efficientvit_m5", "enet_b2_7"),
+            "align",
+            True,
+            "SCRFD-10GF + EfficientViT-M5 (falls back to EfficientNet-B2), alignment, smoothing",
+        ),
+        PhaseSpec(
+            "sota_phase2",
+            ("scrfd_10g", "scrfd_2.5g", "scrfd_500m"),
+            ("enet_b2_7",),
+            "align",
+            True,
+            "SCRFD-10GF + EfficientNet-B2 (7), alignment, smoothing",
+        ),
+        PhaseSpec(
+            "sota_phase1",
+            ("scrfd_10g", "scrfd_2.5g", "scrfd_500m"),
+            ("enet_b2_7",),
+            "box",
+            False,
+            "SCRFD-10GF + EfficientNet-B2 (7), box crop, no smoothing",
+        ),
+        PhaseSpec(
+            "current",
+            ("retinaface", "scrfd_10g"),
+            ("enet_b2_7",),
+            "box",
+            True,
+            "Legacy: InsightFace RetinaFace + EfficientNet-B2 (7)",
+        ),
+        PhaseSpec(
+            "lite",
+            ("yunet", "scrfd_500m"),
+            ("edged_fer",),
+            "box",
+            True,
+            "YuNet (or SCRFD-0.5G) + edged's own FER model; small, works offline",
+        ),
+    )
+}
+
+
+def models_for_phase(phase: str) -> tuple[str, ...]:
+    """Every model a phase may use, detectors first, in chain order."""
+    spec = PHASES[phase]
+    return spec.detectors + spec.classifiers

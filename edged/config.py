@@ -1,0 +1,450 @@
+"""The configuration tree: one pydantic model, validated once, passed down explicitly.
+
+The file is TOML, looked up in the order of the contract (``--config``, ``$EDGED_CONFIG``,
+``/etc/edged/edged.toml``, ``./config/edged.toml``). Environment variables override any key
+(``EDGED_MQTT__HOST=broker.lan`` sets ``[mqtt] host``). Every section forbids unknown keys,
+and a validation failure becomes a :class:`~edged.errors.ConfigError` whose message names
+the file and each offending key, so an operator can fix it without reading a traceback.
+
+Nothing here reads the environment or a file at import time: :func:`load_settings` does,
+when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edged.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on JetPack 6 (Python 3.10)
+    import tomli as tomllib
+
+#: Where the config file is looked for when neither ``--config`` nor ``$EDGED_CONFIG`` is set.
+DEFAULT_CONFIG_PATHS: tuple[Path, ...] = (
+    Path("/etc/edged/edged.toml"),
+    Path("config/edged.toml"),
+)
+
+#: Ids end up in MQTT topics and Home Assistant unique ids: no wildcards, no slashes.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Provider = Literal["tensorrt", "cuda", "cpu"]
+Phase = Literal["sota_phase3", "sota_phase2", "sota_phase1", "current", "lite"]
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 characters of letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (it is used in MQTT topics)"
+        )
+    return value
+
+
+def _default_device_id() -> str:
+    host = socket.gethostname().split(".")[0] or "edged"
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", host)
+    return cleaned if _ID_RE.match(cleaned) else "edged"
+
+
+class DeviceSettings(_Section):
+    """Who this daemon is and where it keeps state (spool, fetched models, TensorRT cache)."""
+
+    id: str = Field(default_factory=_default_device_id)
+    state_dir: Path = Path("/var/lib/edged")
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return _check_id(value, "device id")
+
+
+class MqttSettings(_Section):
+    """Broker connection, topics, and the guarded remote-configuration channel."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    password_file: Path | None = None
+    client_id: str = ""
+    topic_prefix: str = "edged"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: int = Field(default=60, ge=5, le=65535)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = False
+    heartbeat_s: float = Field(default=30.0, gt=0)
+    homeassistant: bool = True
+    homeassistant_prefix: str = "homeassistant"
+    remote_config: bool = False
+    remote_config_token: SecretStr = SecretStr("")
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    spool_max_events: int = Field(default=100_000, ge=1)
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+
+    @field_validator("password_file", "tls_ca", "tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("topic_prefix", "homeassistant_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if (
+            not value
+            or any(c in value for c in "+#")
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
+            raise ValueError(
+                f"topic prefix {value!r} must be non-empty, without '+', '#' or a leading/"
+                "trailing '/'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+    def resolved_password(self) -> str:
+        """The password from ``password`` or, when set, the first line of ``password_file``."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"mqtt.password_file: cannot read a password from {self.password_file}: {exc}"
+                ) from exc
+        return self.password.get_secret_value()
+
+    def resolved_client_id(self, device_id: str) -> str:
+        return self.client_id or f"edged-{device_id}"
+
+
+class HealthSettings(_Section):
+    """The HTTP health and metrics endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=5003, ge=0, le=65535)
+    #: A camera whose newest frame is older than this counts as not producing frames.
+    stale_after_s: float = Field(default=10.0, gt=0)
+
+
+class PipelineSettings(_Section):
+    """Which models run, where, and the detection/crop knobs of the phase."""
+
+    phase: Phase = "sota_phase2"
+    detector: str = ""
+    classifier: str = ""
+    providers: list[Provider] = Field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
+    tensorrt_fp16: bool = True
+    intra_op_threads: int = Field(default=0, ge=0, le=256)
+    det_size: int = Field(default=640, ge=128, le=2048)
+    det_threshold: float = Field(default=0.5, gt=0, lt=1)
+    nms_threshold: float = Field(default=0.4, gt=0, le=1)
+    min_face_px: int = Field(default=20, ge=0)
+    max_faces: int = Field(default=32, ge=1, le=1024)
+    #: ``auto`` follows the phase (alignment for sota_phase2/3, box crop otherwise).
+    crop: Literal["auto", "box", "align"] = "auto"
+    crop_margin: float = Field(default=0.2, ge=0, le=2)
+    #: Faces classified in one batched call at most (larger sets are split).
+    max_batch: int = Field(default=64, ge=1, le=1024)
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_nonempty_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError('at least one provider is required (e.g. ["cpu"])')
+        if len(set(value)) != len(value):
+            raise ValueError("providers must not repeat")
+        return value
+
+    @field_validator("detector", "classifier")
+    @classmethod
+    def _known_model(cls, value: str, info: Any) -> str:
+        if not value:
+            return value
+        from edged.catalog import CATALOG  # the catalogue imports nothing from config
+
+        kind = "detector" if info.field_name == "detector" else "emotion"
+        known = sorted(n for n, s in CATALOG.items() if s.kind == kind)
+        if value not in known:
+            raise ValueError(f"unknown {kind} model {value!r}; known: {', '.join(known)}")
+        return value
+
+
+class SmoothingSettings(_Section):
+    """Per-track temporal smoothing and the hysteresis that keeps events honest."""
+
+    enabled: bool = True
+    method: Literal["ema", "window"] = "ema"
+    alpha: float = Field(default=0.3, gt=0, le=1)
+    window: int = Field(default=5, ge=1, le=300)
+    min_dwell_s: float = Field(default=1.0, ge=0)
+    min_confidence: float = Field(default=0.4, ge=0, le=1)
+    track_timeout_s: float = Field(default=2.0, gt=0)
+    iou_threshold: float = Field(default=0.3, gt=0, lt=1)
+
+
+class ModelsSettings(_Section):
+    """Where model files live and where they are fetched from."""
+
+    dir: Path = Path("/var/lib/edged/models")
+    mirror: str = ""
+
+
+class CameraSettings(_Section):
+    """One camera: a device, URL, file or GStreamer pipeline, capped at ``fps``."""
+
+    id: str
+    source: str
+    fps: float = Field(default=5.0, gt=0, le=240)
+    loop: bool = False
+    #: For files: pace at the file's native rate (True) or read as fast as processed (False).
+    realtime: bool = True
+    enabled: bool = True
+    width: int = Field(default=0, ge=0)
+    height: int = Field(default=0, ge=0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return _check_id(value, "camera id")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_str(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source_nonempty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source must not be empty")
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGED_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    device: DeviceSettings = Field(default_factory=DeviceSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    smoothing: SmoothingSettings = Field(default_factory=SmoothingSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    cameras: list[CameraSettings] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> Settings:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.id in seen:
+                raise ValueError(f"camera id {cam.id!r} is used twice")
+            seen.add(cam.id)
+        return self
+
+    def enabled_cameras(self) -> list[CameraSettings]:
+        return [c for c in self.cameras if c.enabled]
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret replaced by ``"***"``."""
+        data = self.model_dump(mode="json")
+        mqtt = data["mqtt"]
+        for key in ("password", "remote_config_token"):
+            mqtt[key] = "***" if mqtt.get(key) else ""
+        return data
+
+
+def find_config_file(explicit: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file to use, by the contract's lookup order; ``None`` when there is none.
+
+    An explicitly named file (``--config`` or ``$EDGED_CONFIG``) must exist; the default
+    locations are optional.
+    """
+    named = explicit or (Path(environ["EDGED_CONFIG"]) if environ.get("EDGED_CONFIG") else None)
+    if named is not None:
+        if not named.is_file():
+            raise ConfigError(f"config file {named} does not exist")
+        return named
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning syntax and I/O errors into a ConfigError naming the file."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``source: section.key: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(got, Mapping)
+            else f" (got {got!r})"
+        )
+        if "password" in loc or "token" in loc:
+            shown = ""
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def build_settings(data: Mapping[str, Any], source: str = "<config>") -> Settings:
+    """Validate plain data (file contents, possibly merged with a change) into Settings."""
+    try:
+        return Settings(**dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Path | None]:
+    """Find, read and validate the configuration; returns it with the file it came from.
+
+    ``environ`` is only used for the lookup of ``$EDGED_CONFIG``; key overrides come from the
+    process environment through pydantic-settings.
+    """
+    env = os.environ if environ is None else environ
+    found = find_config_file(path, env)
+    data = read_toml(found) if found is not None else {}
+    return build_settings(data, str(found) if found else "<defaults>"), found
+
+
+def merge_config(base: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``change`` into ``base``: tables merge key by key, anything else replaces.
+
+    ``cameras`` is a list and is replaced whole, so a remote change states the camera set it
+    wants rather than patching positions.
+    """
+    out: dict[str, Any] = dict(base)
+    for key, value in change.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings_data(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data (secrets included) that :func:`build_settings` accepts again."""
+    data = settings.model_dump(mode="python")
+    mqtt = data["mqtt"]
+    mqtt["password"] = settings.mqtt.password.get_secret_value()
+    mqtt["remote_config_token"] = settings.mqtt.remote_config_token.get_secret_value()
+    return data
+
+
+def iter_keys(data: Mapping[str, Any], prefix: str = "") -> Sequence[str]:
+    """Dotted paths of every leaf key in a mapping (used to check what a change touches)."""
+    keys: list[str] = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            keys.extend(iter_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value is None:
+        return '""'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render settings data (as from :meth:`Settings.redacted`) as a TOML document.
+
+    Only the shapes this config has: top-level tables of scalars/lists, and ``cameras`` as
+    an array of tables. ``None`` (an unset optional path) is written as ``""``.
+    """
+    out: list[str] = []
+    for section, body in data.items():
+        if section == "cameras":
+            continue
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        out.append("")
+    for cam in data.get("cameras", []):
+        out.append("[[cameras]]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in cam.items())
+        out.append("")
+    return "\n".join(out)
