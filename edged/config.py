@@ -105,12 +105,16 @@ class MqttSettings(_Section):
     homeassistant_prefix: str = "homeassistant"
     remote_config: bool = False
     remote_config_token: SecretStr = SecretStr("")
+    #: A remote ``config/set`` may point cameras at files only under this directory.
+    remote_media_dir: Path | None = None
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     spool_max_events: int = Field(default=100_000, ge=1)
     spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
 
-    @field_validator("password_file", "tls_ca", "tls_cert", "tls_key", mode="before")
+    @field_validator(
+        "password_file", "tls_ca", "tls_cert", "tls_key", "remote_media_dir", mode="before"
+    )
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         return None if value == "" else value
