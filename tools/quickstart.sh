@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a running daemon printing emotion events:
+#   virtualenv + dependencies, an MQTT broker, the models of the `lite` phase (YuNet is
+#   downloaded, or taken from $EDGED_MODEL_MIRROR on an offline machine; the emotion model
+#   ships with edged), a generated sample video, then `edged run` in the foreground.
+# Everything it writes stays in ./.venv and ./.edged. Ctrl-C stops the daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*"; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 1. Python environment.
+if [ ! -x .venv/bin/edged ]; then
+  say "creating .venv and installing edged"
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e .
+fi
+
+# 2. An MQTT broker on 127.0.0.1:1883 (an existing one is used as it is).
+port_open() { .venv/bin/python - "$1" <<'PY'
+import socket, sys
+s = socket.socket(); s.settimeout(0.5)
+sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
+PY
+}
+if ! port_open 1883; then
+  if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    say "installing mosquitto (apt-get)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  fi
+  say "starting mosquitto on 127.0.0.1:1883"
+  mkdir -p .edged
+  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' > .edged/mosquitto.conf
+  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -d -c .edged/mosquitto.conf
+  for _ in $(seq 50); do port_open 1883 && break; sleep 0.1; done
+fi
+
+# 3. Models of the quickstart's phase (`lite`).
+say "fetching the models of the lite phase${EDGED_MODEL_MIRROR:+ from $EDGED_MODEL_MIRROR}"
+.venv/bin/edged models fetch --phase lite --config config/quickstart.toml
+
+# 4. A sample video with a face that appears, moves, leaves and comes back.
+if [ ! -f .edged/sample.mp4 ]; then
+  .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('skimage') is None)" \
+    || .venv/bin/python -m pip install -q --no-deps scikit-image
+  .venv/bin/python tools/make_sample_video.py .edged/sample.mp4
+fi
+
+# 5. The daemon, in the foreground, with readable logs: watch for `emotion_event`.
+say "running edged (Ctrl-C to stop); MQTT topics: edged/$(hostname -s)/#"
+exec .venv/bin/edged run --config config/quickstart.toml --log-format console "$@"
