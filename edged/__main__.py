@@ -1,0 +1,5 @@
+"""``python -m edged`` is the ``edged`` command."""
+
+from edged.cli import main
+
+main()
