@@ -46,3 +46,15 @@ class Detector(Protocol):
     provider: str
 
     def __call__(self, image: npt.NDArray[np.uint8]) -> Detections: ...
+
+
+# The families import Detections from this module, so they are imported after it exists.
+from edged.detection.retinaface import RetinaFace  # noqa: E402
+from edged.detection.scrfd import SCRFD  # noqa: E402
+from edged.detection.yunet import YuNet  # noqa: E402
+
+#: Detector class per ``ModelSpec.family``; every class takes
+#: ``(spec, session, provider, *, det_size, threshold, nms_threshold, min_face_px, max_faces)``.
+DETECTORS: dict[str, type] = {"scrfd": SCRFD, "yunet": YuNet, "retinaface": RetinaFace}
+
+__all__ = ["DETECTORS", "SCRFD", "Detections", "Detector", "RetinaFace", "YuNet"]
