@@ -272,7 +272,9 @@ def _first_usable(
         for fb in fallbacks
         if fb.kind == kind
     ]
-    fixes = sorted({install_hint(CATALOG[fb.name]) for fb in fallbacks if fb.kind == kind})
+    fixes = list(
+        dict.fromkeys(install_hint(CATALOG[fb.name]) for fb in fallbacks if fb.kind == kind)
+    )
     raise NoUsableModelError(
         f"no usable {what} for phase '{phase}' in {models_dir}; tried:\n"
         + "\n".join(lines)
