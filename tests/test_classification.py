@@ -79,6 +79,21 @@ def test_batched_classification_equals_one_by_one(
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_batched_logits_equal_one_by_one_far_below_the_gap_between_faces(
+    classifier: OnnxClassifier, face_crops: list[np.ndarray]
+) -> None:
+    """The random-weight stand-ins barely separate inputs (logits ~1e-4 apart), so the
+    probability check above alone could not catch a batch that mixed up faces: compare
+    logits, with a tolerance a thousand times smaller than the closest two faces' gap."""
+    x = classifier.preprocess(face_crops)
+    batched = classifier.run_raw(x)
+    single = np.concatenate([classifier.run_raw(x[i : i + 1]) for i in range(len(x))])
+    gaps = np.abs(batched[:, None] - batched[None]).max(axis=2)
+    np.fill_diagonal(gaps, np.inf)
+    assert gaps.min() > 0
+    assert np.abs(batched - single).max() <= 1e-3 * gaps.min()
+
+
 def test_probabilities_are_a_distribution_per_face(
     classifier: OnnxClassifier, face_crops: list[np.ndarray]
 ) -> None:
