@@ -205,8 +205,13 @@ def models_fetch(
     ] = None,  # noqa: UP045
     phase: Annotated[Optional[str], typer.Option(help="Fetch what this phase needs.")] = None,  # noqa: UP045
     mirror: Annotated[
-        Optional[str], typer.Option(help="Mirror base URL ($EDGED_MODEL_MIRROR).")
-    ] = None,  # noqa: UP045
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            envvar="EDGED_MODEL_MIRROR",
+            help="Mirror base URL serving <mirror>/<file in the layout> (http(s):// or file://); "
+            "default: $EDGED_MODEL_MIRROR, then [models] mirror.",
+        ),
+    ] = None,
     models_dir: ModelsDirOpt = None,
     config: ConfigOpt = None,
     timeout: Annotated[float, typer.Option(help="Network timeout in seconds.")] = 30.0,
