@@ -38,7 +38,7 @@ import structlog
 from edged.catalog import CATALOG, PHASES, CropMode, ModelSpec
 from edged.classification import CLASSIFIERS, Classifier
 from edged.config import PipelineSettings, Settings
-from edged.detection import Detector
+from edged.detection import DETECTORS, Detector
 from edged.errors import (
     EdgedError,
     ModelError,
@@ -189,8 +189,6 @@ def load_detector(
     pipeline_settings: PipelineSettings,
 ) -> Detector:
     """A ready detector for ``spec`` with the config's detection settings."""
-    from edged.detection import DETECTORS  # type: ignore[attr-defined]
-
     if spec.kind != "detector":
         raise ModelError(f"'{spec.name}' is an emotion model, not a face detector")
     cls = DETECTORS.get(spec.family)
@@ -267,11 +265,15 @@ def _first_usable(
                 phase=phase,
             )
     what = "face detector" if kind == "detector" else "emotion model"
-    lines = [
-        f"  - {fb.name} ({_files(CATALOG[fb.name], models_dir)}): {fb.reason}"
-        for fb in fallbacks
-        if fb.kind == kind
-    ]
+    lines = []
+    for fb in fallbacks:
+        if fb.kind != kind:
+            continue
+        files = _files(CATALOG[fb.name], models_dir)
+        named = all(p in fb.reason for p in files.split(" + "))
+        lines.append(
+            f"  - {fb.name}: {fb.reason}" if named else f"  - {fb.name} ({files}): {fb.reason}"
+        )
     fixes = list(
         dict.fromkeys(install_hint(CATALOG[fb.name]) for fb in fallbacks if fb.kind == kind)
     )
