@@ -71,12 +71,19 @@ def analyze_file(
     if not path.is_file():
         raise CaptureError(f"{path}: no such file")
 
-    image = _read_image(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
-    capture = None if image is not None else _open_video(path)
-    if image is None and capture is None:
-        image = _read_image(path)  # not a video OpenCV can open: maybe an image after all
+    # Read before loading any model: a wrong path should fail in milliseconds, not seconds.
+    capture: cv2.VideoCapture | None = None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = _read_image(path)
         if image is None:
-            raise CaptureError(f"{path}: cannot read it as an image or a video")
+            raise CaptureError(f"{path}: cannot decode it as an image")
+    else:
+        opened = _open_video(path)
+        image = None if opened is not None else _read_image(path)
+        if opened is None and image is None:
+            raise CaptureError(f"{path}: cannot read it as a video or an image")
+        if opened is not None:
+            capture, first = opened
 
     try:
         detect_only = detector is not None and classifier is None and phase is None
@@ -93,7 +100,7 @@ def analyze_file(
             _analyze_image(pipe, image, out, emit)
         else:
             assert capture is not None
-            _analyze_video(pipe, path, capture, out, emit)
+            _analyze_video(pipe, path, capture, first, out, emit)
     finally:
         if capture is not None:
             capture.release()
@@ -116,12 +123,19 @@ def _read_image(path: Path) -> Image | None:
     return None if img is None else np.asarray(img, np.uint8)
 
 
-def _open_video(path: Path) -> cv2.VideoCapture | None:
+def _open_video(path: Path) -> tuple[cv2.VideoCapture, tuple[Image, float]] | None:
+    """An opened capture and its first frame (with its timestamp), or None.
+
+    The first frame is read here, not re-read after a seek, so a stream that cannot seek
+    still works.
+    """
     cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        return None
-    return cap
+    if cap.isOpened():
+        ok, frame = cap.read()
+        if ok and frame is not None:
+            return cap, (np.asarray(frame, np.uint8), cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
+    cap.release()
+    return None
 
 
 def _analyze_image(
@@ -141,9 +155,11 @@ def _analyze_image(
             )
 
 
-def _frames(capture: cv2.VideoCapture) -> Iterator[list[tuple[Image, float]]]:
+def _frames(
+    capture: cv2.VideoCapture, first: tuple[Image, float]
+) -> Iterator[list[tuple[Image, float]]]:
     """Batches of (frame, the capture's own timestamp in seconds) as decoded."""
-    batch: list[tuple[Image, float]] = []
+    batch: list[tuple[Image, float]] = [first]
     while True:
         ok, frame = capture.read()
         if not ok or frame is None:
@@ -160,6 +176,7 @@ def _analyze_video(
     pipe: Pipeline,
     path: Path,
     capture: cv2.VideoCapture,
+    first: tuple[Image, float],
     out: Path | None,
     emit: Callable[[dict[str, Any]], None],
 ) -> None:
@@ -169,7 +186,7 @@ def _analyze_video(
     writer: cv2.VideoWriter | None = None
     index = 0
     try:
-        for batch in _frames(capture):
+        for batch in _frames(capture, first):
             frames = [frame for frame, _ in batch]
             results = pipe.process(frames)
             for (frame, pos_s), result in zip(batch, results, strict=True):
