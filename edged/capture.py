@@ -16,7 +16,7 @@ Sources, from the ``source`` string of a ``[[cameras]]`` table:
 * a string containing ``!`` — a GStreamer pipeline ending in ``appsink`` (Jetson CSI:
   ``nvarguscamerasrc ! ... ! appsink``), which needs an OpenCV built with GStreamer (pip's
   wheels are not: that is reported as such);
-* anything else — a video file. ``realtime=True`` paces it at the file's native fps as a
+* ``file://`` URLs and anything else — a video file. ``realtime=True`` paces it at the file's native fps as a
   camera would deliver it; ``realtime=False`` reads the next frame only once the previous
   one was taken (as fast as the pipeline goes, nothing dropped). ``loop=True`` reopens it at
   the end; otherwise the end of the file ends the camera in state ``finished``.
@@ -125,6 +125,8 @@ def parse_source(source: str) -> Source:
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in _URL_SCHEMES:
         return Source("url", text, cv2.CAP_FFMPEG)
+    if scheme == "file":
+        return Source("file", urlsplit(text).path, cv2.CAP_ANY)
     if text.startswith("/dev/"):
         return Source("device", text, cv2.CAP_V4L2 if linux else cv2.CAP_ANY)
     return Source("file", text, cv2.CAP_ANY)

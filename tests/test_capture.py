@@ -282,6 +282,7 @@ def test_gstreamer_pipeline_without_gstreamer_support_fails_clearly() -> None:
         ("https://cam.lan/mjpeg", "url", "https://cam.lan/mjpeg"),
         ("nvarguscamerasrc ! nvvidconv ! appsink", "gstreamer", None),
         ("/srv/video/lobby.mp4", "file", "/srv/video/lobby.mp4"),
+        ("file:///srv/video/lobby.mp4", "file", "/srv/video/lobby.mp4"),
         ("clips/a!b.mp4", "gstreamer", None),  # '!' means a pipeline; rename such files
     ],
 )
