@@ -16,10 +16,11 @@ Sources, from the ``source`` string of a ``[[cameras]]`` table:
 * a string containing ``!`` — a GStreamer pipeline ending in ``appsink`` (Jetson CSI:
   ``nvarguscamerasrc ! ... ! appsink``), which needs an OpenCV built with GStreamer (pip's
   wheels are not: that is reported as such);
-* ``file://`` URLs and anything else — a video file. ``realtime=True`` paces it at the file's native fps as a
-  camera would deliver it; ``realtime=False`` reads the next frame only once the previous
-  one was taken (as fast as the pipeline goes, nothing dropped). ``loop=True`` reopens it at
-  the end; otherwise the end of the file ends the camera in state ``finished``.
+* ``file://`` URLs and anything else — a video file. ``realtime=True`` paces it at the
+  file's native fps as a camera would deliver it; ``realtime=False`` reads the next frame
+  only once the previous one was taken (as fast as the pipeline goes, nothing dropped).
+  ``loop=True`` reopens it at the end; otherwise the end of the file ends the camera in
+  state ``finished``.
 
 A source that cannot be opened or stops delivering goes to ``reconnecting`` and is reopened
 with exponential backoff and jitter (``reconnect_min_s`` doubling up to ``reconnect_max_s``),
