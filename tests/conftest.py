@@ -7,9 +7,11 @@ Helpers that several test modules need live here; fixtures one module needs stay
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_helpers import MosquittoBroker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,3 +66,22 @@ def make_models_dir(shared: Path, dest: Path, only: list[str] | None = None) -> 
 def models_dir(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Seed layout with every model ../shared has (no scrfd_10g, no retinaface)."""
     return make_models_dir(shared, tmp_path_factory.mktemp("models"))
+
+
+# --- MQTT: a real Mosquitto broker per test (helpers in tests/mqtt_helpers.py) ---------------
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
+    """A running mosquitto on a free 127.0.0.1 port (anonymous, no persistence).
+
+    ``stop()``/``start()`` restart it on the same port (outage tests), ``kill()`` SIGKILLs
+    it; it is always terminated at teardown. Fails, saying how to install it, when
+    mosquitto is missing (`.ci/run` installs it).
+    """
+    broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()

@@ -1,0 +1,837 @@
+"""MQTT publishing: status with last will, spooled at-least-once events, retained state,
+heartbeats, Home Assistant discovery and the remote-configuration channel.
+
+Design, and why:
+
+* **paho-mqtt 2.x** (``CallbackAPIVersion.VERSION2``) runs its own network thread
+  (``loop_start``) and connects with ``connect_async``, so neither start-up nor an absent
+  broker ever blocks the daemon; paho reconnects with exponential backoff between
+  ``[mqtt] reconnect_min_s`` and ``reconnect_max_s``.
+* **Every event goes to the durable spool first** (:mod:`edged.spool`), then one sender
+  thread drains the spool in id order while connected, with at most ``max_inflight``
+  unacknowledged events. A row is deleted only after its PUBACK (``on_publish`` with the
+  mid we mapped to the row id). Nothing is ever "sent from memory", so a broker outage, a
+  ``kill -9`` or a reboot all look the same: the spool still holds every unacknowledged
+  event, and the next connection sends it.
+* **Ordering across reconnects.** paho would re-send its own in-flight messages after a
+  reconnect, interleaved with anything we publish in ``on_connect``; we instead drop paho's
+  leftovers (``drop_out_messages``) at every CONNACK and let the sender restart from the
+  oldest unacknowledged row. The generation bump and every event send are serialised by one
+  lock, so no event of a new connection can overtake an older one still in the spool.
+  Duplicates are possible (at-least-once); reordering of first deliveries is not.
+* **State is "latest wins"**: the per-camera ``emotion``/``attributes`` and the discovery
+  configs are remembered, not spooled, and re-published (retained) on every connection, so
+  retained state is right after an outage even if the broker lost it.
+* **Clean stop**: a clean DISCONNECT never fires the will, so :meth:`Publisher.stop`
+  publishes the retained ``offline`` itself and waits (bounded) for its PUBACK.
+
+Locking rules (deadlock freedom with paho's internal mutexes): paho calls ``on_publish``
+while holding its outgoing-message mutex, so the bookkeeping condition ``_cv`` is never held
+while calling into paho. ``_send_lock`` (event sends vs. new connection) and ``_state_lock``
+(state publishes vs. their re-publication) may be held across ``client.publish``, and are
+never taken by ``on_publish``/``on_message``/``on_disconnect``. Order: send → cv, state → cv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edged import __version__
+from edged.config import Settings
+from edged.errors import PublishError
+from edged.spool import Spool, spool_path
+
+log = structlog.get_logger(__name__)
+
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+
+#: Default number of spooled events handed to paho without a PUBACK yet.
+DEFAULT_MAX_INFLIGHT = 20
+
+#: Home Assistant object ids allow only these characters.
+_HA_ID_RE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic this device uses, derived once from the settings."""
+
+    base: str
+    ha_prefix: str
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.base}/heartbeat"
+
+    @property
+    def config_set(self) -> str:
+        return f"{self.base}/config/set"
+
+    @property
+    def config_result(self) -> str:
+        return f"{self.base}/config/result"
+
+    @property
+    def ha_status(self) -> str:
+        return f"{self.ha_prefix}/status"
+
+    def event(self, camera_id: str) -> str:
+        return f"{self.base}/{camera_id}/event"
+
+    def emotion(self, camera_id: str) -> str:
+        return f"{self.base}/{camera_id}/emotion"
+
+    def attributes(self, camera_id: str) -> str:
+        return f"{self.base}/{camera_id}/attributes"
+
+    def ha_config(self, unique_id: str) -> str:
+        return f"{self.ha_prefix}/sensor/{unique_id}/config"
+
+
+def topics_for(settings: Settings) -> Topics:
+    """``<topic_prefix>/<device id>`` and the Home Assistant discovery prefix."""
+    return Topics(
+        base=f"{settings.mqtt.topic_prefix}/{settings.device.id}",
+        ha_prefix=settings.mqtt.homeassistant_prefix,
+    )
+
+
+def discovery_unique_id(device_id: str, camera_id: str) -> str:
+    """Stable Home Assistant unique id (also the discovery object id) of a camera's sensor."""
+    return _HA_ID_RE.sub("_", f"edged_{device_id}_{camera_id}_emotion")
+
+
+def discovery_config(settings: Settings, camera_id: str) -> dict[str, Any]:
+    """The Home Assistant MQTT discovery payload of one camera's emotion sensor."""
+    topics = topics_for(settings)
+    device_id = settings.device.id
+    return {
+        "name": f"{camera_id} emotion",
+        "unique_id": discovery_unique_id(device_id, camera_id),
+        "state_topic": topics.emotion(camera_id),
+        "json_attributes_topic": topics.attributes(camera_id),
+        "availability_topic": topics.status,
+        "payload_available": STATUS_ONLINE,
+        "payload_not_available": STATUS_OFFLINE,
+        "icon": "mdi:emoticon-outline",
+        "device": {
+            "identifiers": [_HA_ID_RE.sub("_", f"edged_{device_id}")],
+            "name": f"edged {device_id}",
+            "model": "edged",
+            "sw_version": __version__,
+            "manufacturer": "edged",
+        },
+        "origin": {"name": "edged", "sw_version": __version__},
+    }
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json_bytes(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _connection_key(settings: Settings) -> tuple[Any, ...]:
+    """Everything that needs a new MQTT client when it changes."""
+    m = settings.mqtt
+    return (
+        m.host,
+        m.port,
+        m.username,
+        m.password.get_secret_value(),
+        m.password_file,
+        m.resolved_client_id(settings.device.id),
+        m.protocol,
+        m.keepalive_s,
+        m.tls_ca,
+        m.tls_cert,
+        m.tls_key,
+        m.tls_insecure,
+        m.reconnect_min_s,
+        m.reconnect_max_s,
+        m.topic_prefix,
+        m.homeassistant_prefix,
+        settings.device.id,
+    )
+
+
+class Publisher:
+    """The daemon's MQTT side. Build it from :class:`~edged.config.Settings`, then
+    :meth:`start`; every ``publish_*`` method is thread-safe and returns without waiting
+    for the network (``publish_event`` waits for one fsync'ed SQLite commit).
+
+    ``on_config_set`` receives the raw payload of each (non-retained) ``<base>/config/set``
+    message, on paho's network thread; marshal it to the event loop with
+    ``loop.call_soon_threadsafe``. The subscription exists only while the hook is set.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_config_set: Callable[[bytes], None] | None = None,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        spool: Spool | None = None,
+    ) -> None:
+        if max_inflight < 1:
+            raise PublishError("max_inflight must be >= 1")
+        self.on_config_set = on_config_set
+        self._settings = settings
+        self._topics = topics_for(settings)
+        self._max_inflight = max_inflight
+        self._owns_spool = spool is None
+        self._spool = spool if spool is not None else self._open_spool(settings)
+
+        self._cv = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+
+        # Guarded by _cv.
+        self._client: mqtt.Client | None = None
+        self._connected = False
+        self._gen = 0
+        self._inflight: dict[int, int | None] = {}  # mid -> spool id (None: not an event)
+        self._early: dict[int, bool] = {}  # mid acked before we registered it -> failed?
+        self._events_inflight = 0
+        self._window = max_inflight
+        self._acked: list[tuple[int, bool]] = []  # (spool id, rejected by broker)
+        self._wake = False
+        self._discovery_due = False
+        self._sender_stop = False
+        self._connects = 0
+        self._events_published = 0
+        self._events_rejected = 0
+        self._last_error: str | None = None
+
+        # Guarded by _state_lock.
+        self._states: dict[str, tuple[str, bytes]] = {}
+        self._sent_state: dict[str, tuple[int, str, bytes]] = {}  # camera -> (gen, emo, attrs)
+        self._cameras: list[str] = []
+        self._announced: set[str] = set()  # discovery configs currently retained (by us)
+        self._clear_topics: set[str] = set()  # retained topics to empty on next connection
+
+        self._sender: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- construction ----------------------------------------------------------------------
+
+    @staticmethod
+    def _open_spool(settings: Settings) -> Spool:
+        return Spool(
+            spool_path(settings.device.state_dir),
+            max_events=settings.mqtt.spool_max_events,
+            max_bytes=settings.mqtt.spool_max_bytes,
+        )
+
+    def _build_client(self) -> mqtt.Client:
+        """A configured but unconnected paho client (TLS, credentials, will, callbacks)."""
+        settings = self._settings
+        m = settings.mqtt
+        v5 = m.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=m.resolved_client_id(settings.device.id),
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=True,
+        )
+        # Our own window bounds the events in flight; paho's would only queue behind it.
+        client.max_inflight_messages_set(0)
+        client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)  # type: ignore[arg-type]
+        if m.username:
+            client.username_pw_set(m.username, m.resolved_password() or None)
+        if m.tls_ca is not None or m.tls_cert is not None:
+            try:
+                client.tls_set(
+                    ca_certs=str(m.tls_ca) if m.tls_ca is not None else None,
+                    certfile=str(m.tls_cert) if m.tls_cert is not None else None,
+                    keyfile=str(m.tls_key) if m.tls_key is not None else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+                if m.tls_insecure:
+                    client.tls_insecure_set(True)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise PublishError(
+                    f"mqtt TLS setup failed (tls_ca={m.tls_ca}, tls_cert={m.tls_cert}, "
+                    f"tls_key={m.tls_key}): {exc}"
+                ) from exc
+        client.will_set(self._topics.status, STATUS_OFFLINE, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background and start the spool sender; returns at once."""
+        with self._lifecycle_lock:
+            if self._spool.closed:
+                self._spool = self._open_spool(self._settings)
+                self._owns_spool = True
+            with self._cv:
+                if self._client is not None:
+                    return
+            client = self._build_client()
+            m = self._settings.mqtt
+            with self._cv:
+                self._client = client
+                self._sender_stop = False
+            if self._sender is None or not self._sender.is_alive():
+                self._sender = threading.Thread(
+                    target=self._sender_main, name="edged-mqtt-sender", daemon=True
+                )
+                self._sender.start()
+            try:
+                if m.protocol == "5":
+                    client.connect_async(m.host, m.port, m.keepalive_s, clean_start=True)
+                else:
+                    client.connect_async(m.host, m.port, m.keepalive_s)
+            except (OSError, ValueError) as exc:
+                raise PublishError(f"mqtt connect to {m.host}:{m.port} failed: {exc}") from exc
+            client.loop_start()
+            log.info(
+                "mqtt_starting",
+                host=m.host,
+                port=m.port,
+                protocol=m.protocol,
+                client_id=m.resolved_client_id(self._settings.device.id),
+                tls=m.tls_ca is not None or m.tls_cert is not None,
+                username=m.username or None,
+                base_topic=self._topics.base,
+            )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush what the spool can send, publish retained ``offline``, disconnect cleanly.
+
+        Bounded by ``timeout`` seconds in total. Unsent events stay in the spool for the
+        next start. Safe to call twice; the spool is closed if this publisher opened it.
+        """
+        with self._lifecycle_lock:
+            self._stop_client(timeout, flush=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            if self._owns_spool:
+                self._spool.close()
+
+    def _stop_client(self, timeout: float, *, flush: bool) -> None:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        reserve = min(1.0, max(timeout, 0.0) / 4)
+        with self._cv:
+            client = self._client
+            connected = self._connected
+        if client is None:
+            return
+        flushed_ok = True
+        if flush and connected:
+            flushed_ok = self._wait_flushed(deadline - reserve)
+        self._stop_sender(deadline)
+        with self._cv:
+            connected = self._connected
+        if connected:
+            info = self._publish_raw(client, self._topics.status, STATUS_OFFLINE, 1, True)
+            try:
+                info.wait_for_publish(max(0.05, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt_offline_not_acknowledged", error=str(exc))
+        self._process_acks()
+        with self._cv:
+            self._client = None
+            self._connected = False
+            self._cv.notify_all()
+        client.disconnect()
+        stopper = threading.Thread(target=client.loop_stop, name="edged-mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))
+        if stopper.is_alive():
+            log.warning("mqtt_network_thread_still_running", note="left to exit on its own")
+        log.info(
+            "mqtt_stopped",
+            spool_pending=self._spool.pending(),
+            flushed=flushed_ok and self._spool.pending() == 0,
+        )
+
+    def _wait_flushed(self, until: float) -> bool:
+        """Wait until the spool is empty (all acked) or the connection drops or time is up."""
+        with self._cv:
+            self._wake = True
+            self._cv.notify_all()
+            while True:
+                if self._spool.pending() == 0 and not self._acked:
+                    return True
+                remaining = until - time.monotonic()
+                if remaining <= 0 or not self._connected:
+                    return False
+                self._cv.wait(min(remaining, 0.2))
+
+    def _stop_sender(self, deadline: float) -> None:
+        with self._cv:
+            self._sender_stop = True
+            self._cv.notify_all()
+        sender = self._sender
+        if sender is not None:
+            sender.join(max(0.1, deadline - time.monotonic()))
+            if sender.is_alive():  # pragma: no cover - only if SQLite hangs
+                log.warning("mqtt_sender_still_running")
+            else:
+                self._sender = None
+
+    def update_settings(self, settings: Settings, timeout: float = 2.0) -> None:
+        """Apply a reloaded config. Spool bounds change in place; a change to anything the
+        connection depends on (broker, credentials, TLS, ids, prefixes) replaces the client:
+        ``offline`` on the old status topic, then a fresh connection. The spool is kept
+        (its file stays where it was opened: a new ``state_dir`` needs a restart).
+        Blocks for at most ``timeout`` seconds; call it from an executor.
+        """
+        old = self._settings
+        if settings.device.state_dir != old.device.state_dir:
+            log.warning(
+                "spool_state_dir_change_ignored",
+                running=str(old.device.state_dir),
+                configured=str(settings.device.state_dir),
+                note="takes effect after a restart",
+            )
+        self._spool.set_limits(
+            max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
+        )
+        if _connection_key(settings) == _connection_key(old):
+            self._settings = settings
+            return
+        with self._lifecycle_lock:
+            with self._cv:
+                running = self._client is not None
+            if running:
+                self._clear_discovery_for_move(settings)
+                self._stop_client(timeout, flush=False)
+            self._settings = settings
+            self._topics = topics_for(settings)
+            with self._state_lock:
+                self._sent_state.clear()
+                self._announced.clear()
+        log.info("mqtt_settings_changed", reconnecting=running)
+        if running:
+            self.start()
+
+    def _clear_discovery_for_move(self, new: Settings) -> None:
+        """Before the topics move, empty discovery configs whose topic will change."""
+        new_topics = topics_for(new)
+        with self._state_lock:
+            for camera in sorted(self._announced):
+                old_uid = discovery_unique_id(self._settings.device.id, camera)
+                new_uid = discovery_unique_id(new.device.id, camera)
+                if self._topics.ha_config(old_uid) != new_topics.ha_config(new_uid):
+                    self._publish_if_connected(self._topics.ha_config(old_uid), b"", 1, True)
+
+    # -- publishing API ----------------------------------------------------------------------
+
+    def publish_event(self, camera_id: str, event: Mapping[str, Any]) -> int:
+        """Spool an event (durably) for ``<base>/<camera>/event`` at QoS 1; returns its spool
+        id (0 when it was too large for the spool and dropped). Raises
+        :class:`~edged.errors.SpoolError` when the spool cannot be written.
+        """
+        row_id = self._spool.put(self._topics.event(camera_id), _json_bytes(event), qos=1)
+        with self._cv:
+            self._wake = True
+            self._cv.notify_all()
+        return row_id
+
+    async def publish_event_async(self, camera_id: str, event: Mapping[str, Any]) -> int:
+        """:meth:`publish_event` off the event loop, on one worker thread so order is kept."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-spool")
+        future = self._executor.submit(self.publish_event, camera_id, dict(event))
+        return await asyncio.wrap_future(future)
+
+    def publish_state(self, camera_id: str, emotion: str, attributes: Mapping[str, Any]) -> None:
+        """Retained ``<base>/<camera>/emotion`` (plain string) and ``.../attributes`` (JSON).
+
+        Latest wins: remembered and re-published on every connection; unchanged values
+        are not re-sent on the same connection.
+        """
+        attrs = _json_bytes(attributes)
+        with self._state_lock:
+            self._states[camera_id] = (emotion, attrs)
+            self._clear_topics.discard(self._topics.emotion(camera_id))
+            self._clear_topics.discard(self._topics.attributes(camera_id))
+            self._send_state(camera_id)
+
+    def _send_state(self, camera_id: str) -> None:
+        """Publish a camera's remembered state if it differs from what this connection has."""
+        with self._cv:
+            gen, connected = self._gen, self._connected
+        if not connected or camera_id not in self._states:
+            return
+        emotion, attrs = self._states[camera_id]
+        sent = self._sent_state.get(camera_id)
+        ok = True
+        if sent is None or sent[0] != gen or sent[1] != emotion:
+            ok = self._publish_if_connected(self._topics.emotion(camera_id), emotion, 1, True)
+        if ok and (sent is None or sent[0] != gen or sent[2] != attrs):
+            ok = self._publish_if_connected(self._topics.attributes(camera_id), attrs, 1, True)
+        if ok:
+            self._sent_state[camera_id] = (gen, emotion, attrs)
+
+    def publish_heartbeat(self, payload: Mapping[str, Any]) -> bool:
+        """``<base>/heartbeat`` at QoS 0, not retained; dropped (``False``) when offline."""
+        return self._publish_if_connected(self._topics.heartbeat, _json_bytes(payload), 0, False)
+
+    def publish_config_result(self, ok: bool, error: str | None) -> bool:
+        """``<base>/config/result`` ``{ok, error, ts}`` at QoS 1, not retained.
+
+        Only sent while connected (``False`` otherwise): the answer belongs to a request
+        that arrived on this connection.
+        """
+        body = {"ok": ok, "error": error, "ts": _utc_now_iso()}
+        return self._publish_if_connected(self._topics.config_result, _json_bytes(body), 1, False)
+
+    def publish_discovery(self, cameras: list[str]) -> None:
+        """Announce one Home Assistant emotion sensor per camera (retained configs).
+
+        Call at start and after every reload with the full camera list. Cameras that are
+        no longer listed get their discovery config and their retained emotion/attributes
+        emptied; with ``[mqtt] homeassistant = false`` every config this process announced
+        is emptied. Re-sent on every connection and whenever ``<ha prefix>/status`` says
+        ``online``.
+        """
+        with self._state_lock:
+            wanted = list(dict.fromkeys(cameras))
+            removed = [c for c in self._cameras if c not in wanted]
+            for camera in removed:
+                self._states.pop(camera, None)
+                self._sent_state.pop(camera, None)
+                self._clear_topics.add(self._topics.emotion(camera))
+                self._clear_topics.add(self._topics.attributes(camera))
+            announce = wanted if self._settings.mqtt.homeassistant else []
+            for camera in self._announced - set(announce):
+                uid = discovery_unique_id(self._settings.device.id, camera)
+                self._clear_topics.add(self._topics.ha_config(uid))
+            self._announced &= set(announce)
+            for camera in announce:
+                uid = discovery_unique_id(self._settings.device.id, camera)
+                self._clear_topics.discard(self._topics.ha_config(uid))
+                self._clear_topics.discard(self._topics.emotion(camera))
+                self._clear_topics.discard(self._topics.attributes(camera))
+            self._cameras = wanted
+            self._flush_clears()
+            self._send_discovery()
+
+    def _flush_clears(self) -> None:
+        for topic in sorted(self._clear_topics):
+            if self._publish_if_connected(topic, b"", 1, True):
+                self._clear_topics.discard(topic)
+
+    def _send_discovery(self) -> None:
+        if not self._settings.mqtt.homeassistant:
+            return
+        for camera in self._cameras:
+            uid = discovery_unique_id(self._settings.device.id, camera)
+            body = _json_bytes(discovery_config(self._settings, camera))
+            if self._publish_if_connected(self._topics.ha_config(uid), body, 1, True):
+                self._announced.add(camera)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for heartbeat, /health and /metrics."""
+        with self._cv:
+            return {
+                "connected": self._connected,
+                "spool_pending": self._spool.pending(),
+                "spool_dropped": self._spool.dropped(),
+                "events_published": self._events_published,
+                "events_rejected": self._events_rejected,
+                "inflight": self._events_inflight,
+                "reconnects": max(self._connects - 1, 0),
+                "last_error": self._last_error,
+            }
+
+    @property
+    def connected(self) -> bool:
+        with self._cv:
+            return self._connected
+
+    @property
+    def topics(self) -> Topics:
+        return self._topics
+
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
+    # -- paho plumbing -----------------------------------------------------------------------
+
+    def _publish_raw(
+        self, client: mqtt.Client, topic: str, payload: str | bytes, qos: int, retain: bool
+    ) -> mqtt.MQTTMessageInfo:
+        """``client.publish`` plus mid registration (so ``on_publish`` can tell it apart)."""
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._register(info.mid, None)
+        return info
+
+    def _publish_if_connected(
+        self, topic: str, payload: str | bytes, qos: int, retain: bool
+    ) -> bool:
+        with self._cv:
+            client, connected = self._client, self._connected
+        if client is None or not connected:
+            return False
+        info = self._publish_raw(client, topic, payload, qos, retain)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _register(self, mid: int, spool_id: int | None) -> None:
+        with self._cv:
+            if mid in self._early:
+                rejected = self._early.pop(mid)
+                if spool_id is not None:
+                    self._acked.append((spool_id, rejected))
+                    self._wake = True
+                    self._cv.notify_all()
+                return
+            self._inflight[mid] = spool_id
+            if spool_id is not None:
+                self._events_inflight += 1
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cv:
+            if client is not self._client:
+                return
+        if reason_code.is_failure:
+            with self._cv:
+                self._last_error = f"connection refused: {reason_code}"
+            log.error("mqtt_connect_refused", reason=str(reason_code))
+            return
+        window = self._max_inflight
+        receive_max = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(receive_max, int) and receive_max > 0:
+            window = max(1, min(window, receive_max - 8))
+        with self._send_lock:
+            stale = client.drop_out_messages()
+            with self._cv:
+                self._gen += 1
+                self._connected = True
+                self._connects += 1
+                self._inflight.clear()
+                self._early.clear()
+                self._events_inflight = 0
+                self._window = window
+                self._wake = True
+                self._cv.notify_all()
+        subs: list[tuple[str, int]] = []
+        if self.on_config_set is not None:
+            subs.append((self._topics.config_set, 1))
+        if self._settings.mqtt.homeassistant:
+            subs.append((self._topics.ha_status, 1))
+        if subs:
+            client.subscribe(subs)
+        log.info(
+            "mqtt_connected",
+            host=self._settings.mqtt.host,
+            port=self._settings.mqtt.port,
+            reconnects=max(self._connects - 1, 0),
+            resent_from_spool=self._spool.pending(),
+            dropped_stale=len(stale),
+        )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        m = self._settings.mqtt
+        with self._cv:
+            if client is not self._client:
+                return
+            first = self._last_error != f"cannot connect to {m.host}:{m.port}"
+            self._last_error = f"cannot connect to {m.host}:{m.port}"
+        if first:
+            log.warning("mqtt_connect_failed", host=m.host, port=m.port, note="retrying")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cv:
+            if client is not self._client:
+                return
+            was = self._connected
+            self._connected = False
+            if reason_code.is_failure or reason_code.value != 0:
+                self._last_error = f"disconnected: {reason_code}"
+            self._cv.notify_all()
+        if was:
+            log.warning(
+                "mqtt_disconnected",
+                reason=str(reason_code),
+                spool_pending=self._spool.pending(),
+            )
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        rejected = bool(reason_code.is_failure)
+        with self._cv:
+            if client is not self._client:
+                return
+            if mid not in self._inflight:
+                self._early[mid] = rejected
+                return
+            spool_id = self._inflight.pop(mid)
+            if spool_id is None:
+                return
+            self._events_inflight -= 1
+            self._acked.append((spool_id, rejected))
+            self._wake = True
+            self._cv.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._cv:
+            if client is not self._client:
+                return
+        if msg.topic == self._topics.ha_status:
+            if msg.payload.strip() == STATUS_ONLINE.encode():
+                with self._cv:
+                    self._discovery_due = True
+                    self._wake = True
+                    self._cv.notify_all()
+            return
+        if msg.topic == self._topics.config_set:
+            if msg.retain:
+                log.warning(
+                    "config_set_retained_ignored",
+                    topic=msg.topic,
+                    note="publish config/set without the retain flag",
+                )
+                return
+            hook = self.on_config_set
+            if hook is None:
+                return
+            try:
+                hook(bytes(msg.payload))
+            except Exception as exc:  # the paho thread must survive a faulty hook
+                log.exception("config_set_hook_failed", error=str(exc))
+
+    # -- the sender thread -------------------------------------------------------------------
+
+    def _process_acks(self) -> None:
+        with self._cv:
+            acked, self._acked = self._acked, []
+        if not acked:
+            return
+        self._spool.ack_many([sid for sid, _ in acked])
+        rejected = [sid for sid, bad in acked if bad]
+        with self._cv:
+            self._events_published += len(acked) - len(rejected)
+            self._events_rejected += len(rejected)
+            if rejected:
+                self._last_error = f"broker rejected {len(rejected)} event(s)"
+            self._cv.notify_all()
+        if rejected:
+            log.warning(
+                "mqtt_events_rejected",
+                count=len(rejected),
+                note="the broker refused them (PUBACK reason code); not retried",
+            )
+
+    def _sender_main(self) -> None:
+        """Drain the spool in order while connected; re-announce state on new connections."""
+        my_gen = -1
+        cursor = 0
+        while True:
+            with self._cv:
+                if not self._wake and not self._sender_stop:
+                    self._cv.wait(1.0)
+                if self._sender_stop:
+                    return
+                self._wake = False
+                gen, connected = self._gen, self._connected
+                discovery_due, self._discovery_due = self._discovery_due, False
+            try:
+                self._process_acks()
+                if not connected:
+                    continue
+                if gen != my_gen:
+                    my_gen, cursor = gen, 0
+                    self._announce_connection()
+                elif discovery_due:
+                    with self._state_lock:
+                        self._send_discovery()
+                cursor = self._drain(my_gen, cursor)
+            except Exception as exc:  # keep the sender alive through disk/broker trouble
+                with self._cv:
+                    self._last_error = f"sender: {exc}"
+                log.exception("mqtt_sender_error", error=str(exc))
+                time.sleep(1.0)
+
+    def _announce_connection(self) -> None:
+        """First thing on a new connection: ``online``, pending clears, discovery, state."""
+        self._publish_if_connected(self._topics.status, STATUS_ONLINE, 1, True)
+        with self._state_lock:
+            self._flush_clears()
+            self._send_discovery()
+            for camera in list(self._states):
+                self._send_state(camera)
+
+    def _drain(self, my_gen: int, cursor: int) -> int:
+        """Hand spooled rows after ``cursor`` to paho, within the in-flight window."""
+        while True:
+            with self._cv:
+                if not self._connected or self._gen != my_gen or self._sender_stop:
+                    return cursor
+                room = self._window - self._events_inflight
+                client = self._client
+            if room <= 0 or client is None:
+                return cursor
+            rows = self._spool.peek(room, after=cursor)
+            if not rows:
+                return cursor
+            for row in rows:
+                with self._send_lock:
+                    with self._cv:
+                        if not self._connected or self._gen != my_gen:
+                            return cursor
+                    info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return cursor  # not connected after all: resent after reconnect
+                    self._register(info.mid, row.id)
+                cursor = row.id
