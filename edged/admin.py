@@ -601,57 +601,65 @@ def models_import(
 # --------------------------------------------------------------------------- cameras
 
 
-def video_devices() -> list[str]:
-    """``/dev/video*`` nodes, in numeric order."""
-
-    def key(p: str) -> tuple[int, str]:
-        tail = p.removeprefix("/dev/video")
-        return (int(tail) if tail.isdigit() else 1 << 30, p)
-
-    return sorted((str(p) for p in Path("/dev").glob("video*")), key=key)
-
-
 def cameras_probe(settings: Any, *, devices: bool, timeout: float) -> int | None:
     """``edged cameras probe``: open every configured source (and /dev/video*) once.
 
     Exit 1 when an *enabled* configured camera fails; extra ``/dev/video*`` nodes are
     informational (a USB camera also exposes a metadata node that never gives frames).
+    Sources are shown as capture redacts them (no passwords from RTSP URLs).
     """
-    from edged.capture import probe
+    from edged.capture import list_video_devices, probe
 
-    targets: list[tuple[str, str, bool]] = [
-        (cam.id, cam.source, cam.enabled) for cam in settings.cameras
+    # (camera id or "-", source, width, height, counts for the exit code)
+    targets: list[tuple[str, str, int, int, bool]] = [
+        (
+            cam.id if cam.enabled else f"{cam.id} (disabled)",
+            cam.source,
+            cam.width,
+            cam.height,
+            cam.enabled,
+        )
+        for cam in settings.cameras
     ]
-    configured = {src for _, src, _ in targets}
+    configured = {t[1] for t in targets}
     if devices:
-        targets += [("-", dev, False) for dev in video_devices() if dev not in configured]
+        targets += [
+            ("-", dev, 0, 0, False) for dev in list_video_devices() if dev not in configured
+        ]
     con = _console()
     if not targets:
         con.print("no cameras configured and no /dev/video* devices found")
         return 0
     # Sources are independent and each may take the whole timeout: probe them together.
     with ThreadPoolExecutor(max_workers=min(4, len(targets))) as pool:
-        results = list(pool.map(lambda t: probe(t[1], timeout), targets))
+        results = list(pool.map(lambda t: probe(t[1], timeout, width=t[2], height=t[3]), targets))
     table = Table(title="Cameras", title_justify="left")
-    for col in ("camera", "source", "ok", "resolution", "fps", "first frame", "reason"):
+    for col in ("camera", "source", "ok", "resolution", "fps", "first frame", "backend", "reason"):
         table.add_column(col, overflow="fold")
     failed = False
-    for (cam_id, source, enabled), res in zip(targets, results, strict=True):
-        label = cam_id if cam_id == "-" or enabled else f"{cam_id} (disabled)"
+    for (label, _source, _w, _h, counts), res in zip(targets, results, strict=True):
         if res.ok:
             table.add_row(
                 label,
-                escape(source),
+                escape(res.source),
                 "[green]yes[/]",
                 f"{res.width}x{res.height}",
-                f"{res.fps:.1f}" if res.fps else "?",
+                f"{res.fps:g}" if res.fps else "?",
                 f"{res.grab_s * 1000:.0f} ms" if res.grab_s is not None else "-",
+                res.backend,
                 "",
             )
         else:
-            failed = failed or (enabled and cam_id != "-")
+            failed = failed or counts
             table.add_row(
-                label, escape(source), "[bold red]no[/]", "-", "-", "-", escape(res.error or "")
+                label,
+                escape(res.source),
+                "[bold red]no[/]",
+                "-",
+                "-",
+                "-",
+                res.backend,
+                escape(res.error or "failed"),
             )
     con.print(table)
     return 1 if failed else 0
