@@ -167,6 +167,7 @@ class Tracker:
         self._settings = settings
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
+        self._last_ts = float("-inf")
 
     @property
     def settings(self) -> SmoothingSettings:
@@ -203,10 +204,14 @@ class Tracker:
         """Feed one processed frame; returns the events it caused (possibly none).
 
         ``ts`` is the frame's monotonic capture time (dwell and timeouts are measured on it,
-        so it must not go backwards); ``wall_ts`` its epoch time for the events' ``ts``.
+        a ``ts`` earlier than one already seen counts as that one, since frames of a batch
+        may have been captured before an idle-expiry call); ``wall_ts`` is its epoch time
+        for the events' ``ts``.
         Events come ``left`` first, then ``appeared``/``changed`` by ascending track id.
         """
         wall = time.time() if wall_ts is None else wall_ts
+        ts = max(ts, self._last_ts)
+        self._last_ts = ts
         events = self._expire(ts, wall)
 
         live = sorted(self._tracks.values(), key=lambda t: t.track_id)

@@ -282,3 +282,14 @@ def test_greedy_match_pairs_highest_overlap_first_and_respects_threshold() -> No
     iou = iou_matrix(tracks, dets)
     assert sorted(greedy_match(iou, 0.3)) == [(0, 1), (1, 0)]
     assert greedy_match(iou, 0.99) == []
+
+
+def test_a_frame_older_than_the_last_update_does_not_rewind_time() -> None:
+    tracker = Tracker(settings(min_dwell_s=1.0, track_timeout_s=2.0), "door", "dev")
+    run(tracker, steady("happy", 0.0, 1.0))  # appeared at 1.0
+    assert run(tracker, [(3.5, [])])[0]["type"] == "left"  # idle expiry at 3.5
+    # A frame captured at 3.4 (before the expiry call) starts a fresh track at 3.5 ...
+    run(tracker, [(3.4, [Face(BOX, dist("sad"))])])
+    # ... so its dwell runs from 3.5: nothing at 4.4, appeared at 4.5.
+    assert run(tracker, [(4.4, [Face(BOX, dist("sad"))])]) == []
+    assert [e["type"] for e in run(tracker, [(4.5, [Face(BOX, dist("sad"))])])] == ["appeared"]
