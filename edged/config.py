@@ -295,14 +295,16 @@ class Settings(BaseSettings):
         # Environment first: it overrides the file, which arrives as init kwargs.
         return (env_settings, init_settings)
 
-    @model_validator(mode="after")
-    def _unique_cameras(self) -> Settings:
+    # A field validator (not a model validator) so the error is reported at key `cameras`.
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraSettings]) -> list[CameraSettings]:
         seen: set[str] = set()
-        for cam in self.cameras:
+        for cam in cameras:
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} is used twice")
             seen.add(cam.id)
-        return self
+        return cameras
 
     def enabled_cameras(self) -> list[CameraSettings]:
         return [c for c in self.cameras if c.enabled]
