@@ -115,7 +115,9 @@ def matched(found: Detections, reference: np.ndarray) -> np.ndarray:
 
 
 def min_side(det: Detections) -> np.ndarray:
-    return np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
+    return np.asarray(
+        np.minimum(det.boxes[:, 2] - det.boxes[:, 0], det.boxes[:, 3] - det.boxes[:, 1])
+    )
 
 
 def assert_well_formed(det: Detections) -> None:
