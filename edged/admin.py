@@ -62,9 +62,10 @@ CHECKSUM_STATES = ("ok", "mismatch", "unrecorded", "shipped", "missing")
 def _console(stderr: bool = False) -> Console:
     """A console for tables; not on a terminal (a pipe, the journal, a test) rich would
     assume 80 columns and fold every path, so give it room instead."""
-    con = Console(highlight=False, stderr=stderr)
+    # soft_wrap: message lines are never broken (paths and commands stay copy-pastable).
+    con = Console(highlight=False, stderr=stderr, soft_wrap=True)
     if not con.is_terminal:
-        con = Console(highlight=False, stderr=stderr, width=200)
+        con = Console(highlight=False, stderr=stderr, soft_wrap=True, width=200)
     return con
 
 
