@@ -47,6 +47,7 @@ from edged.fetch import (
     fetch_model,
     fsync_dir,
     model_sources,
+    models_dir_lock,
     sha256_file,
 )
 
@@ -255,9 +256,15 @@ class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
         self._task: TaskID | None = None
+        self._tasks: dict[str, TaskID] = {}
 
     def begin(self, label: str, total: int | None, done: int) -> None:
-        self._task = self._progress.add_task(label, total=total, completed=done)
+        # A resumed attempt continues the same bar instead of drawing a new one.
+        task = self._tasks.get(label)
+        if task is None:
+            task = self._tasks[label] = self._progress.add_task(label, total=total)
+        self._progress.reset(task, total=total, completed=done)
+        self._task = task
 
     def advance(self, nbytes: int) -> None:
         if self._task is not None:
@@ -333,7 +340,7 @@ def models_fetch(
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=con,  # messages printed on `con` meanwhile appear above the bars
         transient=False,
     ) as progress:
         sink = _RichProgress(progress)
@@ -558,7 +565,7 @@ def import_model(
         raise ModelError(f"{file} does not exist or is not a file")
     rel = spec.files[part]
     dest = models_dir / rel
-    with _staging(models_dir) as stage:
+    with models_dir_lock(models_dir), _staging(models_dir) as stage:
         staged = stage / rel
         digest = _copy_hashing(file, staged)
         session, _provider = _cpu_factory().create(staged)
@@ -580,8 +587,10 @@ def import_model(
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged.replace(dest)
-    fsync_dir(dest.parent)
-    ChecksumStore(models_dir).record(rel, digest, dest.stat().st_size, f"import:{file.resolve()}")
+        fsync_dir(dest.parent)
+        ChecksumStore(models_dir).record(
+            rel, digest, dest.stat().st_size, f"import:{file.resolve()}"
+        )
     upstream = spec.sources[part].sha256 if part < len(spec.sources) else ""
     if upstream and upstream != digest:
         note += "; it differs from the catalogue's upstream file (fine for your own weights)"

@@ -52,6 +52,7 @@ from edged.errors import FetchError
 log = structlog.get_logger(__name__)
 
 CHECKSUMS_FILE = ".checksums.json"
+LOCK_FILE = ".lock"
 _CHUNK = 256 * 1024
 _USER_AGENT = f"edged/{__version__} (+model fetch)"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -179,6 +180,32 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def models_dir_lock(models_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``<models dir>/.lock`` while files and checksums change.
+
+    Two ``edged models fetch`` runs (an operator and tools/install.sh, say) would otherwise
+    append to the same ``.part`` file; the second one is refused with a clear message
+    instead of waiting silently behind a long download.
+    """
+    import fcntl
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / LOCK_FILE
+    with path.open("a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FetchError(
+                f"another edged command is installing models into {models_dir} "
+                f"(it holds {path}); wait for it to finish and try again"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- URLs
@@ -590,20 +617,22 @@ def fetch_model(
     spec = catalog.get(name)
     if spec is None:
         raise FetchError(f"unknown model {name!r}; known: {', '.join(sorted(catalog))}")
-    return [
-        install_file(
-            name,
-            rel,
-            src,
-            models_dir,
-            timeout=timeout,
-            retries=retries,
-            progress=progress,
-            force=force,
-            mirrored=bool(mirror),
-        )
-        for rel, src in model_sources(spec, mirror)
-    ]
+    sources = model_sources(spec, mirror)
+    with models_dir_lock(models_dir):
+        return [
+            install_file(
+                name,
+                rel,
+                src,
+                models_dir,
+                timeout=timeout,
+                retries=retries,
+                progress=progress,
+                force=force,
+                mirrored=bool(mirror),
+            )
+            for rel, src in sources
+        ]
 
 
 def iter_fetch(

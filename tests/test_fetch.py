@@ -136,7 +136,12 @@ def catalog_with(name: str, *sources: Source) -> dict[str, ModelSpec]:
 
 
 def layout_files(models_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(models_dir)) for p in models_dir.rglob("*") if p.is_file())
+    """Every file in the models directory except the (empty) lock file."""
+    return sorted(
+        str(p.relative_to(models_dir))
+        for p in models_dir.rglob("*")
+        if p.is_file() and p.name != fetch.LOCK_FILE
+    )
 
 
 def test_full_download_places_verified_file_and_records_its_hash(
@@ -377,3 +382,17 @@ def test_model_without_public_download_names_the_import_command(tmp_path: Path) 
 def test_shipped_model_needs_no_fetch(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="ships with edged"):
         fetch.fetch_model("edged_fer", tmp_path)
+
+
+def test_second_concurrent_fetch_into_the_same_directory_is_refused(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    cat = catalog_with("yunet", Source(url=server.url("/yunet.onnx")))
+    with (
+        fetch.models_dir_lock(tmp_path),
+        pytest.raises(FetchError, match="another edged command is installing models"),
+    ):
+        fetch.fetch_model("yunet", tmp_path, catalog=cat)
+    assert server.requests == []
+    fetch.fetch_model("yunet", tmp_path, catalog=cat)  # free again afterwards
+    assert (tmp_path / YUNET_REL).is_file()
