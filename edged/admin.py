@@ -386,7 +386,7 @@ def models_fetch(
                 else:
                     failures.extend(errors)
                     failures.append(
-                        f"phase {ph}: none of {', '.join(chain)} is installed; "
+                        f"phase {ph}: no model of the chain {' → '.join(chain)} is installed; "
                         + _chain_hint(chain, catalog)
                     )
     for r in done:
@@ -408,7 +408,9 @@ def _chain_hint(chain: Sequence[str], catalog: Mapping[str, ModelSpec]) -> str:
 
     spec = catalog[chain[0]]
     if spec.shipped:
-        return f"{spec.name} ships with edged: reinstall edged"
+        from edged.loader import install_hint
+
+        return f"{spec.name} {install_hint(spec)}"
     if spec.sources:
         return f"run `edged models fetch {spec.name}` (or use --mirror)"
     return no_source_message(spec)

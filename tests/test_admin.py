@@ -280,7 +280,7 @@ def test_fetch_phase_with_nothing_installable_fails(tmp_path: Path, config: Path
         "--models-dir", tmp_path / "m", "-c", config, "--timeout", "2",
     )  # fmt: skip
     assert res.exit_code == 1
-    assert "none of scrfd_10g, scrfd_2.5g, scrfd_500m is installed" in res.output
+    assert "no model of the chain scrfd_10g → scrfd_2.5g → scrfd_500m is installed" in res.output
 
 
 # --------------------------------------------------------------------------- cameras
