@@ -410,7 +410,7 @@ def _chain_hint(chain: Sequence[str], catalog: Mapping[str, ModelSpec]) -> str:
     if spec.shipped:
         from edged.loader import install_hint
 
-        return f"{spec.name} {install_hint(spec)}"
+        return f"{spec.name}: {install_hint(spec)}"
     if spec.sources:
         return f"run `edged models fetch {spec.name}` (or use --mirror)"
     return no_source_message(spec)
