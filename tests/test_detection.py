@@ -516,6 +516,40 @@ def test_scrfd_tells_outputs_apart_by_shape_not_position(
         np.testing.assert_array_equal(shuffled(image).boxes, detectors["scrfd_500m"](image).boxes)
 
 
+@pytest.fixture(scope="session")
+def dynamic_scrfd(model_paths: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SCRFD-0.5G re-declared with a dynamic H x W input, like buffalo_l's ``det_10g``."""
+    model = onnx.load(str(model_paths["scrfd_500m"]))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, name in ((2, "height"), (3, "width")):
+        dims[axis].ClearField("dim_value")
+        dims[axis].dim_param = name
+    for out in model.graph.output:
+        for dim in out.type.tensor_type.shape.dim:
+            if dim.dim_value > 1:
+                dim.ClearField("dim_value")
+                dim.dim_param = "rows"
+    del model.graph.value_info[:]
+    path = tmp_path_factory.mktemp("dynamic") / "scrfd_dynamic.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_dynamic_scrfd_uses_a_non_square_input_and_finds_the_same_faces(
+    dynamic_scrfd: Path,
+    session_for: Callable[[str], tuple[ort.InferenceSession, str]],
+    selfie: np.ndarray,
+) -> None:
+    session = ort.InferenceSession(str(dynamic_scrfd), providers=["CPUExecutionProvider"])
+    dynamic = SCRFD(CATALOG["scrfd_500m"], session, "cpu", max_faces=1000)
+    _, geo = dynamic.preprocess(selfie)
+    assert (geo.in_w, geo.in_h) == (640, 384)  # 2048 x 1150 → 640 x 359, padded to 32
+    fixed = SCRFD(CATALOG["scrfd_500m"], *session_for("scrfd_500m"), max_faces=1000)
+    a, b = dynamic(selfie), fixed(selfie)
+    assert len(a) > 100 and abs(len(a) - len(b)) <= 2
+    assert np.median(iou(a.boxes, b.boxes).max(axis=1)) > 0.95
+
+
 def test_scrfd_without_landmark_outputs_is_a_mismatch(tmp_path: Path) -> None:
     """A 6-output SCRFD export (no ``kps``) cannot feed alignment: refused, file named."""
     outputs = {}
