@@ -357,3 +357,30 @@ def test_install_script_is_valid_bash_and_dry_run_plans_the_service() -> None:
     ):
         assert step in out, step
     assert "onnxruntime-gpu" not in out
+
+
+def test_systemd_unit_verifies_and_keeps_contract_settings(tmp_path: Path) -> None:
+    import subprocess
+
+    unit = (Path(__file__).resolve().parent.parent / "systemd/edged.service").read_text()
+    for line in (
+        "Type=notify",
+        "ExecStart=/opt/edged/venv/bin/edged run --config /etc/edged/edged.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "WatchdogSec=60",
+        "User=edged",
+        "StateDirectory=edged",
+        "DeviceAllow=char-video4linux rw",
+        "ProtectSystem=strict",
+    ):
+        assert line in unit.splitlines(), line
+    assert "PrivateDevices=true" not in unit.splitlines()  # would hide cameras and GPU
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    # verify checks that ExecStart exists: point it at a binary this machine has.
+    copy = tmp_path / "edged.service"
+    copy.write_text(unit.replace("/opt/edged/venv/bin/edged", "/bin/true"))
+    res = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
