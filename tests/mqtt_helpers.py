@@ -11,6 +11,7 @@ offers :meth:`MqttRecorder.wait_for` so tests wait on a condition, never on a sl
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -78,20 +79,17 @@ class MosquittoBroker:
 
     def _write_config(self) -> None:
         extra = self.extra_config.strip()
-        allow = "" if "allow_anonymous" in extra else "allow_anonymous true\n"
-        self.config_path.write_text(
-            f"listener {self.port} {self.host}\n"
-            f"{allow}"
-            + (
-                f"persistence true\npersistence_location {self.workdir}/\n"
-                if self.persistence
-                else "persistence false\n"
-            )
-            + f"log_dest file {self.log_path}\n"
-            "log_type all\n"
-            f"{extra}\n",
-            encoding="utf-8",
-        )
+        lines = [f"listener {self.port} {self.host}"]
+        if "allow_anonymous" not in extra:
+            lines.append("allow_anonymous true")
+        if self.persistence:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+        else:
+            lines.append("persistence false")
+        # Started as root, mosquitto would switch to the "mosquitto" user and then fail to
+        # write its persistence file in our temporary directory.
+        lines += [f"user {getpass.getuser()}", f"log_dest file {self.log_path}", "log_type all"]
+        self.config_path.write_text("\n".join([*lines, extra, ""]), encoding="utf-8")
 
     def start(self, timeout: float = 10.0) -> None:
         if self.running:

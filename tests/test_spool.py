@@ -17,8 +17,8 @@ from edged.errors import SpoolError
 from edged.spool import SPOOL_FILENAME, Spool, spool_path
 
 
-def _spool(tmp_path: Path, **kw: int) -> Spool:
-    return Spool(tmp_path / SPOOL_FILENAME, **kw)
+def _spool(tmp_path: Path, max_events: int = 100_000, max_bytes: int = 1 << 26) -> Spool:
+    return Spool(tmp_path / SPOOL_FILENAME, max_events=max_events, max_bytes=max_bytes)
 
 
 def test_put_peek_ack_is_fifo_by_id(tmp_path: Path) -> None:
