@@ -44,6 +44,7 @@ class ModelServer:
         self.ignore_range = False
         self.status: dict[str, int] = {}
         self.hang: set[str] = set()
+        self.redirects: dict[str, str] = {}  # path → Location (GitHub release downloads)
         self.release = threading.Event()
         server = self
 
@@ -59,6 +60,12 @@ class ModelServer:
                 server.requests.append({"path": path, "range": rng})
                 if path in server.hang:
                     server.release.wait(10)
+                    return
+                if path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if path in server.status:
                     self.send_error(server.status[path])
@@ -396,3 +403,21 @@ def test_second_concurrent_fetch_into_the_same_directory_is_refused(
     assert server.requests == []
     fetch.fetch_model("yunet", tmp_path, catalog=cat)  # free again afterwards
     assert (tmp_path / YUNET_REL).is_file()
+
+
+def test_redirected_download_resumes_at_the_final_location(
+    server: ModelServer, shared: Path, tmp_path: Path
+) -> None:
+    src = shared / "models/real/scrfd_500m_kps.onnx"
+    server.redirects["/releases/download/scrfd.onnx"] = "/scrfd.onnx"
+    server.cut_once.add("/scrfd.onnx")
+    url = server.url("/releases/download/scrfd.onnx")
+    cat = catalog_with("scrfd_500m", Source(url=url, sha256=sha(src)))
+    [res] = fetch.fetch_model("scrfd_500m", tmp_path, catalog=cat)
+    assert sha(res.path) == sha(src)
+    assert [(r["path"], r["range"]) for r in server.requests] == [
+        ("/releases/download/scrfd.onnx", None),
+        ("/scrfd.onnx", None),
+        ("/releases/download/scrfd.onnx", f"bytes={src.stat().st_size // 2}-"),
+        ("/scrfd.onnx", f"bytes={src.stat().st_size // 2}-"),
+    ]
