@@ -273,10 +273,11 @@ def _disk_check(directory: Path, needed: int, label: str) -> None:
         raise FetchError(_disk_full_message(directory, needed, label, free))
 
 
-def _disk_full_message(directory: Path, needed: int, label: str, free: int | None) -> str:
+def _disk_full_message(directory: Path, needed: int | None, label: str, free: int | None) -> str:
     have = f"{_mb(free)} free" if free is not None else "full"
+    more = f"{_mb(needed)} more" if needed else "more space"
     return (
-        f"disk full: {directory} is {have} but {label} needs {_mb(needed)} more; "
+        f"disk full: {directory} is {have} but {label} needs {more}; "
         "free some space or choose another models directory (--models-dir / [models] dir)"
     )
 
@@ -420,9 +421,8 @@ def _attempt(
         received = start
         sink.begin(label, total, start)
         try:
-            with part.open("r+b" if start else "wb") as fh:
-                fh.seek(start)
-                fh.truncate()
+            # Appending after exactly `start` bytes (206 checked above), or from scratch.
+            with part.open("ab" if start else "wb") as fh:
                 while True:
                     try:
                         chunk = resp.read(_CHUNK)
@@ -618,21 +618,38 @@ def fetch_model(
     if spec is None:
         raise FetchError(f"unknown model {name!r}; known: {', '.join(sorted(catalog))}")
     sources = model_sources(spec, mirror)
-    with models_dir_lock(models_dir):
-        return [
-            install_file(
-                name,
-                rel,
-                src,
-                models_dir,
-                timeout=timeout,
-                retries=retries,
-                progress=progress,
-                force=force,
-                mirrored=bool(mirror),
-            )
-            for rel, src in sources
-        ]
+    try:
+        with models_dir_lock(models_dir):
+            return [
+                install_file(
+                    name,
+                    rel,
+                    src,
+                    models_dir,
+                    timeout=timeout,
+                    retries=retries,
+                    progress=progress,
+                    force=force,
+                    mirrored=bool(mirror),
+                )
+                for rel, src in sources
+            ]
+    except OSError as exc:
+        raise FetchError(os_error_message(exc, models_dir)) from exc
+
+
+def os_error_message(exc: OSError, models_dir: Path) -> str:
+    """A file-system error while installing into ``models_dir``, said with its fix."""
+    where = exc.filename or models_dir
+    if exc.errno == errno.ENOSPC:
+        return _disk_full_message(models_dir, None, "the download", _free(models_dir))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"cannot write {where}: {exc.strerror}; run the command as the user that owns "
+            f"{models_dir} (e.g. `sudo -u edged edged models ...`) or choose another "
+            "directory with --models-dir"
+        )
+    return f"cannot write {where}: {exc.strerror or exc}"
 
 
 def iter_fetch(

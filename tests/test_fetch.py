@@ -421,3 +421,27 @@ def test_redirected_download_resumes_at_the_final_location(
         ("/releases/download/scrfd.onnx", f"bytes={src.stat().st_size // 2}-"),
         ("/scrfd.onnx", f"bytes={src.stat().st_size // 2}-"),
     ]
+
+
+def test_disk_filling_up_during_the_download_names_directory_and_space(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    # /dev/full answers every write with ENOSPC: a real full disk, without filling one.
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("/dev/full not available")
+    part = tmp_path / (YUNET_REL + ".part")
+    part.parent.mkdir(parents=True)
+    part.symlink_to(full)
+    cat = catalog_with("yunet", Source(url=server.url("/yunet.onnx")))
+    with pytest.raises(FetchError, match=r"disk full: .*/yunet is .* free but yunet: .* needs"):
+        fetch.fetch_model("yunet", tmp_path, catalog=cat)
+    assert not (tmp_path / YUNET_REL).exists()
+
+
+def test_unwritable_models_directory_is_a_fetch_error(server: ModelServer, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "models"
+    not_a_dir.write_text("a file where the models directory should be")
+    cat = catalog_with("yunet", Source(url=server.url("/yunet.onnx")))
+    with pytest.raises(FetchError, match=r"cannot write .*models"):
+        fetch.fetch_model("yunet", not_a_dir, catalog=cat)
