@@ -48,6 +48,7 @@ from edged.fetch import (
     fsync_dir,
     model_sources,
     models_dir_lock,
+    os_error_message,
     sha256_file,
 )
 
@@ -328,7 +329,10 @@ def models_fetch(
     """
     mdir = _models_dir(settings, models_dir)
     base = mirror or settings.models.mirror or ""
-    mdir.mkdir(parents=True, exist_ok=True)
+    try:
+        mdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(os_error_message(exc, mdir)) from exc
     con = _console()
     err = _console(stderr=True)
     failures: list[str] = []
@@ -605,7 +609,10 @@ def models_import(
 ) -> int | None:
     """``edged models import FILE --as NAME [--part N]``."""
     mdir = _models_dir(settings, models_dir)
-    dest, digest, note = import_model(file, name, mdir, settings, part=part)
+    try:
+        dest, digest, note = import_model(file, name, mdir, settings, part=part)
+    except OSError as exc:
+        raise ModelError(os_error_message(exc, mdir)) from exc
     _console().print(f"[green]✓[/] {name}: {file} → {dest} (sha256 {digest[:16]}…; {note})")
     return 0
 
