@@ -173,6 +173,7 @@ def _connection_key(settings: Settings) -> tuple[Any, ...]:
         m.reconnect_min_s,
         m.reconnect_max_s,
         m.topic_prefix,
+        m.homeassistant,
         m.homeassistant_prefix,
         settings.device.id,
     )
@@ -664,7 +665,7 @@ class Publisher:
             host=self._settings.mqtt.host,
             port=self._settings.mqtt.port,
             reconnects=max(self._connects - 1, 0),
-            resent_from_spool=self._spool.pending(),
+            spool_pending=self._spool.pending(),
             dropped_stale=len(stale),
         )
 
@@ -822,6 +823,7 @@ class Publisher:
                 client = self._client
             if room <= 0 or client is None:
                 return cursor
+            self._process_acks()  # keep the spool (and pending count) current while streaming
             rows = self._spool.peek(room, after=cursor)
             if not rows:
                 return cursor
