@@ -375,8 +375,8 @@ def models_fetch(
                 one(name, failures)
         else:
             ph = phase or settings.pipeline.phase
-            con.print(f"fetching the models of phase [bold]{ph}[/] into {mdir}")
             plans = plan_phase(ph, mdir, base, catalog)  # raises on an unknown phase
+            con.print(f"fetching the models of phase [bold]{ph}[/] into {mdir}")
             spec_ph = PHASES[ph]
             for chain, plan in zip((spec_ph.detectors, spec_ph.classifiers), plans, strict=True):
                 errors: list[str] = []
