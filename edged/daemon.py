@@ -361,6 +361,7 @@ class Daemon:
                 log.error("event_spool_failed", camera=cam_id, error=str(exc))
             log.info(
                 "emotion_event",
+                id=event.get("id"),
                 camera=cam_id,
                 track_id=event.get("track_id"),
                 type=event.get("type"),
@@ -549,8 +550,10 @@ class Daemon:
         if cameras is not None:
             if not isinstance(cameras, list):
                 raise ConfigError("config/set: cameras must be a list of camera tables")
+            # A source the running config already reads is not a new way in.
+            current = {c.source for c in self.settings.cameras}
             for cam in cameras:
-                if isinstance(cam, Mapping):
+                if isinstance(cam, Mapping) and str(cam.get("source", "")) not in current:
                     self._check_remote_source(str(cam.get("source", "")))
         return change
 
