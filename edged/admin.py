@@ -338,6 +338,8 @@ def models_fetch(
     failures: list[str] = []
     warnings: list[str] = []
     done: list[FetchResult] = []
+    ph = phase or settings.pipeline.phase
+    plans = [] if names else plan_phase(ph, mdir, base, catalog)  # raises on an unknown phase
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -374,8 +376,6 @@ def models_fetch(
             for name in names:
                 one(name, failures)
         else:
-            ph = phase or settings.pipeline.phase
-            plans = plan_phase(ph, mdir, base, catalog)  # raises on an unknown phase
             con.print(f"fetching the models of phase [bold]{ph}[/] into {mdir}")
             spec_ph = PHASES[ph]
             for chain, plan in zip((spec_ph.detectors, spec_ph.classifiers), plans, strict=True):
