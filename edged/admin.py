@@ -172,6 +172,18 @@ def catalogue_status(
     }
 
 
+def _read_status(models_dir: Path) -> dict[str, Any]:
+    """:func:`catalogue_status`, with an unreadable directory said plainly (``0750
+    edged:edged`` under /var/lib is not readable by other users)."""
+    try:
+        return catalogue_status(models_dir)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read {exc.filename or models_dir}: {exc.strerror}; run as the user that "
+            f"owns {models_dir} (e.g. `sudo -u edged edged models ...`)"
+        ) from exc
+
+
 def _size(n: int | None, approx: bool = False) -> str:
     if n is None:
         return "-"
@@ -191,7 +203,7 @@ _CHECK_STYLE = {
 def models_list(settings: Any, *, models_dir: Path | None, as_json: bool) -> int | None:
     """``edged models list``: the catalogue, what is installed, which phases can run."""
     mdir = _models_dir(settings, models_dir)
-    status = catalogue_status(mdir)
+    status = _read_status(mdir)
     if as_json:
         status["configured_phase"] = settings.pipeline.phase
         print(json.dumps(status, indent=2))
@@ -464,7 +476,7 @@ def models_verify(settings: Any, *, names: Sequence[str], models_dir: Path | Non
     a failure. Exit code 1 when anything fails.
     """
     mdir = _models_dir(settings, models_dir)
-    status = {m["name"]: m for m in catalogue_status(mdir)["models"]}
+    status = {m["name"]: m for m in _read_status(mdir)["models"]}
     for name in names:
         if name not in CATALOG:
             raise ModelError(f"unknown model {name!r}; known: {', '.join(sorted(CATALOG))}")
