@@ -150,8 +150,28 @@ def _utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (``.item()``/``.tolist()``) become plain JSON values."""
+    for attr in ("tolist", "item"):  # tolist first: item() fails on arrays
+        convert = getattr(value, attr, None)
+        if callable(convert):
+            return convert()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _json_bytes(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise PublishError(f"payload is not JSON serialisable: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def _check_camera_id(camera_id: str) -> str:
+    """Camera ids become topic levels: no empty level, no wildcard, no separator."""
+    if not camera_id or any(c in camera_id for c in "/+#\0"):
+        raise PublishError(f"camera id {camera_id!r} cannot be used as an MQTT topic level")
+    return camera_id
 
 
 def _connection_key(settings: Settings) -> tuple[Any, ...]:
@@ -316,6 +336,8 @@ class Publisher:
                 else:
                     client.connect_async(m.host, m.port, m.keepalive_s)
             except (OSError, ValueError) as exc:
+                with self._cv:
+                    self._client = None
                 raise PublishError(f"mqtt connect to {m.host}:{m.port} failed: {exc}") from exc
             client.loop_start()
             log.info(
@@ -363,7 +385,10 @@ class Publisher:
                 info.wait_for_publish(max(0.05, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt_offline_not_acknowledged", error=str(exc))
-        self._process_acks()
+        try:
+            self._process_acks()
+        except Exception as exc:  # SpoolError: those events are simply sent again later
+            log.warning("spool_ack_failed_on_stop", error=str(exc))
         with self._cv:
             self._client = None
             self._connected = False
@@ -458,7 +483,8 @@ class Publisher:
         id (0 when it was too large for the spool and dropped). Raises
         :class:`~edged.errors.SpoolError` when the spool cannot be written.
         """
-        row_id = self._spool.put(self._topics.event(camera_id), _json_bytes(event), qos=1)
+        topic = self._topics.event(_check_camera_id(camera_id))
+        row_id = self._spool.put(topic, _json_bytes(event), qos=1)
         with self._cv:
             self._wake = True
             self._cv.notify_all()
@@ -477,6 +503,7 @@ class Publisher:
         Latest wins: remembered and re-published on every connection; unchanged values
         are not re-sent on the same connection.
         """
+        _check_camera_id(camera_id)
         attrs = _json_bytes(attributes)
         with self._state_lock:
             self._states[camera_id] = (emotion, attrs)
@@ -523,7 +550,7 @@ class Publisher:
         ``online``.
         """
         with self._state_lock:
-            wanted = list(dict.fromkeys(cameras))
+            wanted = [_check_camera_id(c) for c in dict.fromkeys(cameras)]
             removed = [c for c in self._cameras if c not in wanted]
             for camera in removed:
                 self._states.pop(camera, None)
@@ -832,7 +859,16 @@ class Publisher:
                     with self._cv:
                         if not self._connected or self._gen != my_gen:
                             return cursor
-                    info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                    try:
+                        info = client.publish(
+                            row.topic, row.payload, qos=row.qos, retain=row.retain
+                        )
+                    except ValueError as exc:  # a row paho can never send: do not block on it
+                        log.error("mqtt_event_unsendable", spool_id=row.id, error=str(exc))
+                        with self._cv:
+                            self._acked.append((row.id, True))
+                        cursor = row.id
+                        continue
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return cursor  # not connected after all: resent after reconnect
                     self._register(info.mid, row.id)

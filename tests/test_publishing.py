@@ -20,6 +20,7 @@ import pytest
 from mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 from edged.config import Settings, build_settings
+from edged.errors import PublishError
 from edged.publishing import Publisher, discovery_unique_id
 
 DEVICE = "dev1"
@@ -641,3 +642,40 @@ def test_update_settings_moves_to_another_broker_keeping_the_spool(
         rec2.close()
     finally:
         other.kill()
+
+
+# -- payloads and validation (no broker needed) ------------------------------------------------
+
+
+def test_numpy_values_in_events_are_serialised_as_plain_json(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    broker = MosquittoBroker(tmp_path / "broker")  # never started: the event just spools
+    pub = Publisher(make_settings(tmp_path / "state", broker))
+    try:
+        event = {"confidence": np.float32(0.5), "bbox": np.array([1, 2, 3, 4]), "id": "e1"}
+        pub.publish_event("door", event)
+        (row,) = pub.spool.peek(1)
+        assert row.topic == f"{BASE}/door/event"
+        assert json.loads(row.payload) == {"confidence": 0.5, "bbox": [1, 2, 3, 4], "id": "e1"}
+        with pytest.raises(PublishError, match="not JSON serialisable"):
+            pub.publish_event("door", {"bad": object()})
+    finally:
+        pub.stop(timeout=0.5)
+
+
+@pytest.mark.parametrize("camera", ["", "a/b", "cam+", "cam#"])
+def test_camera_ids_that_would_break_topics_are_refused(tmp_path: Path, camera: str) -> None:
+    broker = MosquittoBroker(tmp_path / "broker")
+    pub = Publisher(make_settings(tmp_path / "state", broker))
+    try:
+        with pytest.raises(PublishError, match="topic level"):
+            pub.publish_event(camera, {"id": "x"})
+        with pytest.raises(PublishError, match="topic level"):
+            pub.publish_state(camera, "happy", {})
+        assert pub.spool.pending() == 0
+    finally:
+        pub.stop(timeout=0.5)
+
+
+def test_discovery_ids_only_use_characters_home_assistant_accepts() -> None:
+    assert discovery_unique_id("lobby.01", "door-2") == "edged_lobby_01_door-2_emotion"
