@@ -136,7 +136,10 @@ for group in video render; do
       run usermod -a -G "$group" "$USER_NAME"
     fi
   else
-    warn "group $group does not exist here; skipped"
+    # The unit names both groups in SupplementaryGroups=; a missing one would stop it
+    # from starting (older L4T releases have no `render` group).
+    run groupadd --system "$group"
+    run usermod -a -G "$group" "$USER_NAME"
   fi
 done
 
