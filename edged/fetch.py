@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -650,18 +650,3 @@ def os_error_message(exc: OSError, models_dir: Path) -> str:
             "directory with --models-dir"
         )
     return f"cannot write {where}: {exc.strerror or exc}"
-
-
-def iter_fetch(
-    names: Iterable[str],
-    models_dir: Path,
-    **kwargs: Any,
-) -> Iterator[tuple[str, list[FetchResult] | FetchError]]:
-    """Fetch several models, yielding each one's results or its error (one bad model does
-    not stop the rest; the caller decides the exit code)."""
-    for name in names:
-        try:
-            yield name, fetch_model(name, models_dir, **kwargs)
-        except FetchError as exc:
-            log.error("fetch_failed", model=name, error=str(exc))
-            yield name, exc
