@@ -679,3 +679,59 @@ def test_camera_ids_that_would_break_topics_are_refused(tmp_path: Path, camera: 
 
 def test_discovery_ids_only_use_characters_home_assistant_accepts() -> None:
     assert discovery_unique_id("lobby.01", "door-2") == "edged_lobby_01_door-2_emotion"
+
+
+async def test_publish_event_async_spools_in_call_order_off_the_event_loop(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path / "broker")  # never started
+    pub = Publisher(make_settings(tmp_path / "state", broker))
+    try:
+        ids = [await pub.publish_event_async("door", {"seq": seq}) for seq in range(20)]
+        assert ids == sorted(ids)
+        assert [json.loads(r.payload)["seq"] for r in pub.spool.peek(50)] == list(range(20))
+    finally:
+        pub.stop(timeout=0.5)
+
+
+def test_stop_without_a_broker_keeps_spooled_events_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    broker = MosquittoBroker(tmp_path / "broker")  # never started
+    settings = make_settings(tmp_path / "state", broker)
+    pub = Publisher(settings)
+    pub.start()
+    for seq in range(3):
+        pub.publish_event("door", {"seq": seq})
+    pub.stop(timeout=0.5)
+    again = Publisher(settings)
+    try:
+        assert [json.loads(r.payload)["seq"] for r in again.spool.peek(10)] == [0, 1, 2]
+    finally:
+        again.stop(timeout=0.5)
+
+
+def test_events_in_flight_when_the_publisher_is_killed_are_resent_by_the_next_one(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+) -> None:
+    data = settings_data(tmp_path, mqtt_broker)
+    proc = spawn_publisher(data, events=1_000_000)  # produces until killed
+    assert proc.stdout is not None
+    acknowledged = 0
+    try:
+        for line in proc.stdout:
+            acknowledged = int(line) + 1
+            if acknowledged == 200:
+                break  # kill it mid-stream: the newest events are not yet acknowledged
+    finally:
+        kill_9(proc)
+    pub = start(publishers, build_settings(data))
+    msgs = recorder.wait_for(
+        lambda m: set(range(acknowledged)) <= {e["seq"] for e in events_on(m)},
+        30,
+        f"the {acknowledged} events the killed publisher had spooled",
+    )
+    order = first_delivery_order(events_on(msgs))
+    assert order == list(range(len(order)))  # in order, no gap (maybe a few more than 200)
+    wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
