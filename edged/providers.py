@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 import structlog
 
 from edged.errors import ModelError, ProviderError
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # the runtime is an extra: edged[cpu], edged[gpu], or NVIDIA's
+    raise ProviderError(
+        "ONNX Runtime is not installed: pip install 'edged[cpu]' (or 'edged[gpu]' for "
+        "CUDA/TensorRT; on a Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack)"
+    ) from exc
 
 log = structlog.get_logger(__name__)
 

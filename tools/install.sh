@@ -158,15 +158,18 @@ else
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 run "${PIP[@]}" install --upgrade pip
+# The ONNX Runtime flavour is an extra: [gpu] (onnxruntime-gpu), [cpu] (onnxruntime), or
+# none on a Jetson with NVIDIA's wheel (both wheels provide the same module and must not
+# be installed together).
 if [ "$FLAVOUR" = gpu ]; then
   say "installing edged[gpu] from $REPO"
   run "${PIP[@]}" install --upgrade "$REPO[gpu]"
-  # onnxruntime (CPU) and onnxruntime-gpu install the same module; keep only the GPU one.
-  run "${PIP[@]}" uninstall -y onnxruntime
-  run "${PIP[@]}" install --force-reinstall --no-deps "onnxruntime-gpu>=1.18"
-else
-  say "installing edged from $REPO"
+elif [ "$JETSON" = 1 ] && [ -n "$ORT_WHEEL" ]; then
+  say "installing edged from $REPO (ONNX Runtime from $ORT_WHEEL)"
   run "${PIP[@]}" install --upgrade "$REPO"
+else
+  say "installing edged[cpu] from $REPO"
+  run "${PIP[@]}" install --upgrade "$REPO[cpu]"
 fi
 if [ "$SYSTEM_OPENCV" = 1 ]; then
   # pip's opencv-python-headless has no GStreamer and would shadow the system cv2.

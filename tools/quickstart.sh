@@ -16,7 +16,9 @@ if [ ! -x .venv/bin/edged ]; then
   say "creating .venv and installing edged"
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e .
+  extra=cpu   # ONNX Runtime flavour: onnxruntime-gpu where an NVIDIA GPU is visible
+  if [ "$(uname -m)" = x86_64 ] && command -v nvidia-smi >/dev/null 2>&1; then extra=gpu; fi
+  .venv/bin/python -m pip install -q -e ".[$extra]"
 fi
 
 # 2. An MQTT broker on 127.0.0.1:1883 (an existing one is used as it is).
