@@ -164,6 +164,21 @@ def test_last_will_publishes_retained_offline_after_the_publisher_is_killed(
     assert (status.payload, status.retain) == (b"offline", True)
 
 
+def test_last_will_fires_after_keepalive_expiry_when_the_publisher_hangs(
+    tmp_path: Path, mqtt_broker: MosquittoBroker, recorder: MqttRecorder
+) -> None:
+    """A frozen process keeps its socket open: only the keepalive can reveal it."""
+    proc = spawn_publisher(settings_data(tmp_path, mqtt_broker, keepalive_s=5))
+    try:
+        recorder.wait_for(has_payload(f"{BASE}/status", b"online"), 20, "online")
+        os.kill(proc.pid, signal.SIGSTOP)
+        # No PINGREQ for 1.5 keepalives (7.5 s): the broker drops it and sends the will.
+        recorder.wait_for(has_payload(f"{BASE}/status", b"offline"), 20, "will on keepalive")
+    finally:
+        kill_9(proc)
+    assert "edged-dev1 has exceeded timeout" in mqtt_broker.log()
+
+
 # -- events ----------------------------------------------------------------------------------
 
 
