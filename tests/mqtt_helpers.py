@@ -147,9 +147,10 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def log(self) -> str:
+    def log(self, tail: int = 4000) -> str:
+        """The broker's log, its last ``tail`` characters (0: all of it)."""
         try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-tail:]
         except OSError:
             return ""
 
