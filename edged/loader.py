@@ -75,6 +75,8 @@ class LoadedModels:
     #: model name → execution provider actually used (``cpu``, ``cuda``, ``tensorrt``)
     providers: dict[str, str]
     fallbacks: list[Fallback] = field(default_factory=list)
+    #: model name → its ONNX Runtime sessions (file order), for benchmarks and diagnostics
+    sessions: dict[str, list[ort.InferenceSession]] = field(default_factory=dict)
 
 
 def session_factory(settings: Settings, providers: Sequence[str] | None = None) -> SessionFactory:
@@ -187,14 +189,22 @@ def load_detector(
     models_dir: Path,
     factory: SessionFactory,
     pipeline_settings: PipelineSettings,
+    *,
+    sessions_out: dict[str, list[ort.InferenceSession]] | None = None,
 ) -> Detector:
-    """A ready detector for ``spec`` with the config's detection settings."""
+    """A ready detector for ``spec`` with the config's detection settings.
+
+    ``sessions_out`` receives the ONNX Runtime session(s) under the model name (the
+    benchmark times ``session.run`` on exactly the session the pipeline uses).
+    """
     if spec.kind != "detector":
         raise ModelError(f"'{spec.name}' is an emotion model, not a face detector")
     cls = DETECTORS.get(spec.family)
     if cls is None:
         raise ModelError(f"no detector implementation for the '{spec.family}' family")
     sessions, provider = open_sessions(spec, models_dir, factory)
+    if sessions_out is not None:
+        sessions_out[spec.name] = sessions
     try:
         detector: Detector = cls(
             spec,
@@ -214,14 +224,22 @@ def load_detector(
     return detector
 
 
-def load_classifier(spec: ModelSpec, models_dir: Path, factory: SessionFactory) -> Classifier:
-    """A ready (warmed-up) emotion classifier for ``spec``."""
+def load_classifier(
+    spec: ModelSpec,
+    models_dir: Path,
+    factory: SessionFactory,
+    *,
+    sessions_out: dict[str, list[ort.InferenceSession]] | None = None,
+) -> Classifier:
+    """A ready (warmed-up) emotion classifier for ``spec`` (``sessions_out`` as above)."""
     if spec.kind != "emotion":
         raise ModelError(f"'{spec.name}' is a face detector, not an emotion model")
     cls = CLASSIFIERS.get(spec.family)
     if cls is None:
         raise ModelError(f"no classifier implementation for the '{spec.family}' family")
     sessions, provider = open_sessions(spec, models_dir, factory)
+    if sessions_out is not None:
+        sessions_out[spec.name] = sessions
     return cls(spec, sessions, provider)
 
 
@@ -307,12 +325,13 @@ def resolve(
     ph = PHASES[phase_name]
     fallbacks: list[Fallback] = []
     providers: dict[str, str] = {}
+    sessions: dict[str, list[ort.InferenceSession]] = {}
 
     def build_det(spec: ModelSpec) -> Detector:
-        return load_detector(spec, models_dir, factory, pipeline_settings)
+        return load_detector(spec, models_dir, factory, pipeline_settings, sessions_out=sessions)
 
     def build_cls(spec: ModelSpec) -> Classifier:
-        return load_classifier(spec, models_dir, factory)
+        return load_classifier(spec, models_dir, factory, sessions_out=sessions)
 
     det_name = detector or pipeline_settings.detector or None
     if det_name:
@@ -355,4 +374,5 @@ def resolve(
         models={"detector": det_name, "classifier": cls_name},
         providers=providers,
         fallbacks=fallbacks,
+        sessions={k: v for k, v in sessions.items() if k in providers},
     )
