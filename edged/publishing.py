@@ -660,9 +660,12 @@ class Publisher:
             if client is not self._client:
                 return
         if reason_code.is_failure:
+            error = f"connection refused: {reason_code}"
             with self._cv:
-                self._last_error = f"connection refused: {reason_code}"
-            log.error("mqtt_connect_refused", reason=str(reason_code))
+                repeated = self._last_error == error
+                self._last_error = error
+            if not repeated:  # paho retries with backoff; say it once, not every attempt
+                log.error("mqtt_connect_refused", reason=str(reason_code), note="retrying")
             return
         window = self._max_inflight
         receive_max = getattr(properties, "ReceiveMaximum", None)
