@@ -222,8 +222,9 @@ def test_events_published_before_the_broker_exists_are_sent_once_it_does(
         broker.kill()
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_outage_events_arrive_in_order_after_the_broker_restarts_on_the_same_port(
-    tmp_path: Path, publishers: list[Publisher]
+    tmp_path: Path, publishers: list[Publisher], protocol: str
 ) -> None:
     broker = MosquittoBroker(tmp_path / "broker", persistence=True)
     broker.start()
@@ -234,7 +235,7 @@ def test_outage_events_arrive_in_order_after_the_broker_restarts_on_the_same_por
     )
     try:
         rec.wait_subscribed()
-        pub = start(publishers, make_settings(tmp_path / "state", broker))
+        pub = start(publishers, make_settings(tmp_path / "state", broker, protocol=protocol))
         rec.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
         for seq in range(10):
             pub.publish_event("door", {"seq": seq})
