@@ -454,8 +454,8 @@ class Publisher:
         with self._lifecycle_lock:
             with self._cv:
                 running = self._client is not None
+            self._clear_discovery_for_move(settings)
             if running:
-                self._clear_discovery_for_move(settings)
                 self._stop_client(timeout, flush=False)
             self._settings = settings
             self._topics = topics_for(settings)
@@ -467,14 +467,19 @@ class Publisher:
             self.start()
 
     def _clear_discovery_for_move(self, new: Settings) -> None:
-        """Before the topics move, empty discovery configs whose topic will change."""
+        """Empty the discovery configs that the new settings no longer cover: all of them
+        when Home Assistant is switched off, else those whose topic moves (device id or
+        prefix changed). Sent now if connected, else on the next connection."""
         new_topics = topics_for(new)
         with self._state_lock:
             for camera in sorted(self._announced):
-                old_uid = discovery_unique_id(self._settings.device.id, camera)
-                new_uid = discovery_unique_id(new.device.id, camera)
-                if self._topics.ha_config(old_uid) != new_topics.ha_config(new_uid):
-                    self._publish_if_connected(self._topics.ha_config(old_uid), b"", 1, True)
+                old_topic = self._topics.ha_config(
+                    discovery_unique_id(self._settings.device.id, camera)
+                )
+                new_topic = new_topics.ha_config(discovery_unique_id(new.device.id, camera))
+                if not new.mqtt.homeassistant or old_topic != new_topic:
+                    self._clear_topics.add(old_topic)
+            self._flush_clears()
 
     # -- publishing API ----------------------------------------------------------------------
 

@@ -751,3 +751,27 @@ def test_events_in_flight_when_the_publisher_is_killed_are_resent_by_the_next_on
     order = first_delivery_order(events_on(msgs))
     assert order == list(range(len(order)))  # in order, no gap (maybe a few more than 200)
     wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+
+
+def test_switching_homeassistant_off_by_reload_empties_the_discovery_configs(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+) -> None:
+    pub = start(publishers, make_settings(tmp_path, mqtt_broker))
+    pub.publish_discovery(["door"])
+    topic = "homeassistant/sensor/edged_dev1_door_emotion/config"
+    recorder.wait_for(lambda m: any(x.topic == topic and x.payload for x in m), what="config")
+    pub.update_settings(make_settings(tmp_path, mqtt_broker, homeassistant=False))
+    recorder.wait_for(has_payload(topic, b""), what="config emptied")
+    recorder.wait_for(
+        lambda m: [x.payload for x in m if x.topic == f"{BASE}/status"][-1:] == [b"online"],
+        what="back online after the reload",
+    )
+    late = MqttRecorder(mqtt_broker.host, mqtt_broker.port)
+    try:
+        late.wait_for(has_payload(f"{BASE}/status", b"online"), what="retained status")
+        assert not late.on(topic)  # nothing retained, and not announced again
+    finally:
+        late.close()
