@@ -1,0 +1,483 @@
+#!/usr/bin/env python3
+"""Evaluate a facial-emotion classifier on FER2013 (npz) or on an image folder.
+
+By default the classifier is loaded through edged's own catalogue and loader, so the figures
+are produced with exactly the preprocessing the daemon uses: every image is handed to the
+classifier as a BGR uint8 face crop (FER2013's gray images are converted with
+cv2.COLOR_GRAY2BGR). Labels are compared as canonical edged labels
+(neutral, happy, sad, angry, fearful, disgusted, surprised, contemptuous).
+
+  python tools/eval_emotion.py --classifier edged_fer --data ../shared/datasets/fer2013_test.npz
+  python tools/eval_emotion.py --classifier edged_fer --data ../shared/datasets/fer2013_test.npz \
+      --split PrivateTest --dedup-against ../shared/datasets/fer2013_train.npz --json out.json
+  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v1.onnx --image-folder DIR \
+      --plot cm.png
+  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v1.onnx --bench   # CPU latency
+
+``--onnx PATH`` evaluates a raw ONNX file described by its JSON sidecar (PATH with .json),
+re-implementing the daemon's preprocessing (gray -> resize INTER_AREA -> /255 -> (x-mean)/std),
+for use without the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CANONICAL = [
+    "neutral",
+    "happy",
+    "sad",
+    "angry",
+    "fearful",
+    "disgusted",
+    "surprised",
+    "contemptuous",
+]
+# FER2013 / FER+ / HSEmotion spellings -> canonical
+TO_CANONICAL = {
+    "angry": "angry",
+    "anger": "angry",
+    "disgust": "disgusted",
+    "disgusted": "disgusted",
+    "fear": "fearful",
+    "fearful": "fearful",
+    "happy": "happy",
+    "happiness": "happy",
+    "neutral": "neutral",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprised",
+    "surprised": "surprised",
+    "contempt": "contemptuous",
+    "contemptuous": "contemptuous",
+}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+def canon(name: str) -> str:
+    key = str(name).strip().lower()
+    if key not in TO_CANONICAL:
+        raise ValueError(f"unknown emotion label {name!r}")
+    return TO_CANONICAL[key]
+
+
+# ------------------------------------------------------------------------------------ data
+def load_npz(path, split="all", dedup_against=None):
+    d = np.load(path)
+    images, labels = d["images"], d["labels"]
+    classes = [str(c) for c in d["classes"]]
+    names = d["filenames"] if "filenames" in d.files else np.array([""] * len(images))
+    keep = np.ones(len(images), bool)
+    if split != "all":
+        keep &= np.array([split in str(n) for n in names])
+        if not keep.any():
+            raise SystemExit(f"no images of split {split!r} in {path}")
+    info = {"dataset": str(path), "split": split, "n_split": int(keep.sum())}
+    if dedup_against:
+        train = np.load(dedup_against)["images"]
+        seen = {hashlib.sha1(im.tobytes()).hexdigest() for im in train}
+        dup = np.array([hashlib.sha1(im.tobytes()).hexdigest() in seen for im in images])
+        info["dedup_against"] = str(dedup_against)
+        info["dropped_pixel_identical_to_train"] = int((dup & keep).sum())
+        keep &= ~dup
+    y = np.array([canon(classes[i]) for i in labels[keep]])
+    return images[keep], y, info
+
+
+def load_folder(root):
+    import cv2
+
+    root = Path(root)
+    images, labels = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            lab = canon(sub.name)
+        except ValueError:
+            raise SystemExit(f"unknown label folder {sub}") from None
+        for f in sorted(sub.rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTS:
+                img = cv2.imread(str(f), cv2.IMREAD_COLOR)  # BGR uint8, like a face crop
+                if img is None:
+                    print(f"unreadable, skipped: {f}", file=sys.stderr)
+                    continue
+                images.append(img)
+                labels.append(lab)
+    if not images:
+        raise SystemExit(f"no images under {root}")
+    return (
+        images,
+        np.array(labels),
+        {"dataset": str(root), "split": "folder", "n_split": len(images)},
+    )
+
+
+def to_bgr_crops(images):
+    """FER2013's gray arrays -> list of BGR uint8 crops, as the daemon hands them over."""
+    import cv2
+
+    return [cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else im for im in images]
+
+
+# ------------------------------------------------------------------------------ classifiers
+class OnnxClassifier:
+    """Raw ONNX + sidecar; the daemon's preprocessing re-implemented (use without the package)."""
+
+    def __init__(self, path, threads=0):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        side = self.path.with_suffix(".json")
+        self.meta = json.loads(side.read_text()) if side.exists() else {}
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        inp = self.sess.get_inputs()[0]
+        self.input = self.meta.get("input", inp.name)
+        self.output = self.meta.get("output", self.sess.get_outputs()[0].name)
+        self.size = int(self.meta.get("size", inp.shape[-1]))
+        self.channels = int(self.meta.get("channels", inp.shape[1]))
+        self.mean = np.array(self.meta.get("mean", [0.5] * self.channels), np.float32).reshape(
+            1, -1, 1, 1
+        )
+        self.std = np.array(self.meta.get("std", [0.5] * self.channels), np.float32).reshape(
+            1, -1, 1, 1
+        )
+        if "labels" not in self.meta:
+            raise SystemExit(f"{side} missing: need the sidecar's labels to evaluate {path}")
+        self.labels = [canon(n) for n in self.meta["labels"]]
+
+    def preprocess(self, crops):
+        import cv2
+
+        out = []
+        for c in crops:
+            if self.channels == 1:
+                g = cv2.cvtColor(c, cv2.COLOR_BGR2GRAY) if c.ndim == 3 else c
+                g = cv2.resize(g, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                out.append(g[None])
+            else:
+                rgb = cv2.cvtColor(c, cv2.COLOR_BGR2RGB)
+                rgb = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                out.append(rgb.transpose(2, 0, 1))
+        x = np.stack(out).astype(np.float32) / 255.0
+        return (x - self.mean) / self.std
+
+    def logits(self, x):
+        return self.sess.run([self.output], {self.input: x})[0]
+
+    def __call__(self, crops):
+        z = self.logits(self.preprocess(crops)).astype(np.float64)
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def load_package_classifier(name, models_dir=None, providers=("cpu",), threads=0):
+    """The daemon's own loader: catalogue spec -> validated sessions -> classifier class.
+
+    edged.catalog.CATALOG[name] + edged.loader.load_classifier(spec, models_dir, factory),
+    i.e. the same preprocessing (edged.classification.*) the pipeline runs.
+    """
+    from edged.catalog import CATALOG
+    from edged.loader import load_classifier
+    from edged.providers import SessionFactory
+
+    spec = CATALOG.get(name)
+    if spec is None or spec.kind != "emotion":
+        known = sorted(n for n, s in CATALOG.items() if s.kind == "emotion")
+        raise SystemExit(
+            f"{name!r} is not an emotion model of edged.catalog.CATALOG; known: {known}"
+        )
+    if models_dir is None and not spec.shipped:
+        raise SystemExit(f"{name!r} is not shipped with edged: give --models-dir (the seed layout)")
+    factory = SessionFactory(providers=list(providers), intra_op_threads=threads)
+    return load_classifier(spec, Path(models_dir or "."), factory)
+
+
+# ---------------------------------------------------------------------------------- metrics
+def evaluate(clf, images, y_true, batch_size=256):
+    crops = to_bgr_crops(images) if isinstance(images, np.ndarray) else images
+    labels = [canon(n) for n in clf.labels]
+    preds = []
+    t0 = time.perf_counter()
+    for i in range(0, len(crops), batch_size):
+        p = np.asarray(clf(crops[i : i + batch_size]))
+        if p.shape != (len(crops[i : i + batch_size]), len(labels)):
+            raise SystemExit(
+                f"classifier returned shape {p.shape}, "
+                f"expected ({len(crops[i : i + batch_size])}, {len(labels)})"
+            )
+        preds.append(p.argmax(1))
+    wall = time.perf_counter() - t0
+    y_pred = np.array(labels)[np.concatenate(preds)]
+    return metrics(y_true, y_pred, labels, wall)
+
+
+def metrics(y_true, y_pred, model_labels, wall=None):
+    true_classes = [c for c in CANONICAL if c in set(y_true)]
+    cols = true_classes + [c for c in CANONICAL if c in model_labels and c not in true_classes]
+    cm = np.zeros((len(true_classes), len(cols)), int)
+    ci = {c: j for j, c in enumerate(cols)}
+    ri = {c: j for j, c in enumerate(true_classes)}
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[ri[t], ci[p]] += 1
+    recall, precision, f1 = {}, {}, {}
+    for c in true_classes:
+        tp = cm[ri[c], ci[c]]
+        support = cm[ri[c]].sum()
+        predicted = cm[:, ci[c]].sum()
+        recall[c] = tp / support if support else 0.0
+        precision[c] = tp / predicted if predicted else 0.0
+        f1[c] = (
+            2 * precision[c] * recall[c] / (precision[c] + recall[c])
+            if precision[c] + recall[c]
+            else 0.0
+        )
+    res = {
+        "n": len(y_true),
+        "accuracy": float((y_true == y_pred).mean()),
+        "macro_f1": float(np.mean(list(f1.values()))),
+        "mean_recall": float(np.mean(list(recall.values()))),
+        "per_class_recall": {c: float(v) for c, v in recall.items()},
+        "per_class_f1": {c: float(v) for c, v in f1.items()},
+        "support": {c: int(cm[ri[c]].sum()) for c in true_classes},
+        "confusion_matrix": {"rows_true": true_classes, "cols_pred": cols, "counts": cm.tolist()},
+        "not_in_model": [c for c in true_classes if c not in model_labels],
+    }
+    if wall is not None:
+        res["wall_s"] = round(wall, 2)
+    return res
+
+
+def print_report(res, title):
+    print(f"== {title}")
+    print(
+        f"images {res['n']}  accuracy {res['accuracy'] * 100:.2f}%  "
+        f"macro-F1 {res['macro_f1'] * 100:.2f}%  "
+        f"mean recall {res['mean_recall'] * 100:.2f}%"
+    )
+    if res["not_in_model"]:
+        print(f"  (classes the model cannot output: {res['not_in_model']})")
+    print("per-class recall / F1 / support:")
+    for c, r in res["per_class_recall"].items():
+        print(
+            f"  {c:<13} {r * 100:6.2f}%  {res['per_class_f1'][c] * 100:6.2f}%  {res['support'][c]}"
+        )
+    cmd = res["confusion_matrix"]
+    w = max(len(c) for c in cmd["cols_pred"]) + 1
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(" " * 14 + "".join(f"{c[:w]:>{w}}" for c in cmd["cols_pred"]))
+    for c, row in zip(cmd["rows_true"], cmd["counts"], strict=True):
+        print(f"  {c:<12}" + "".join(f"{v:>{w}}" for v in row))
+
+
+def plot(res, path, title):
+    cmd = res["confusion_matrix"]
+    cm = np.array(cmd["counts"], float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            f"matplotlib is not installed: no plot written to {path} (pip install matplotlib)",
+            file=sys.stderr,
+        )
+        return False
+    fig, ax = plt.subplots(
+        figsize=(1 + 0.9 * len(cmd["cols_pred"]), 1 + 0.8 * len(cmd["rows_true"]))
+    )
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cmd["cols_pred"])), cmd["cols_pred"], rotation=45, ha="right")
+    ax.set_yticks(range(len(cmd["rows_true"])), cmd["rows_true"])
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j] * 100:.0f}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"{title}\nacc {res['accuracy'] * 100:.2f}%  macro-F1 {res['macro_f1'] * 100:.2f}%",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+    return True
+
+
+# ---------------------------------------------------------------------------------- latency
+def bench(onnx_path, threads_list=(1, 2), repeats=200, batch=32):
+    """onnxruntime CPU latency of the raw model (preprocessing excluded)."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for th in threads_list:
+        clf = OnnxClassifier(onnx_path, threads=th)
+        x1 = rng.standard_normal((1, clf.channels, clf.size, clf.size)).astype(np.float32)
+        xb = rng.standard_normal((batch, clf.channels, clf.size, clf.size)).astype(np.float32)
+        for _ in range(20):
+            clf.logits(x1)
+        t1 = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            clf.logits(x1)
+            t1.append(time.perf_counter() - t)
+        for _ in range(3):
+            clf.logits(xb)
+        tb = []
+        for _ in range(max(10, repeats // 8)):
+            t = time.perf_counter()
+            clf.logits(xb)
+            tb.append(time.perf_counter() - t)
+        out[f"threads_{th}"] = {
+            "batch1_median_ms": round(float(np.median(t1)) * 1e3, 3),
+            f"batch{batch}_per_face_median_ms": round(float(np.median(tb)) * 1e3 / batch, 3),
+        }
+        print(
+            f"onnxruntime CPU, {th} thread(s): batch 1 median "
+            f"{out[f'threads_{th}']['batch1_median_ms']:.3f} ms, batch {batch} "
+            f"{out[f'threads_{th}'][f'batch{batch}_per_face_median_ms']:.3f} ms per face"
+        )
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--classifier",
+        help="emotion model name in edged.catalog.CATALOG (default edged_fer), "
+        "loaded by the package exactly as the daemon loads it",
+    )
+    g.add_argument(
+        "--onnx", help="raw ONNX file with its JSON sidecar, evaluated without the package"
+    )
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--data", help="FER2013-layout npz (images, labels, classes, filenames)")
+    d.add_argument("--image-folder", help="folder with one sub-folder per emotion label")
+    p.add_argument("--split", choices=["all", "PrivateTest", "PublicTest"], default="all")
+    p.add_argument(
+        "--dedup-against",
+        help="also drop images pixel-identical to any image of this npz (e.g. train)",
+    )
+    p.add_argument(
+        "--limit-per-class", type=int, default=0, help="first N images of each class only"
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--plot", help="write a confusion-matrix PNG (needs matplotlib)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        help="write the metrics as JSON to PATH (or stdout with no PATH)",
+    )
+    p.add_argument(
+        "--bench", action="store_true", help="measure onnxruntime CPU latency (with --onnx)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime intra-op threads (0 = onnxruntime's default)",
+    )
+    p.add_argument(
+        "--models-dir",
+        help="models directory in the seed layout (for models not shipped with edged)",
+    )
+    p.add_argument(
+        "--providers", default="cpu", help="execution providers for --classifier, e.g. cuda,cpu"
+    )
+    a = p.parse_args(argv)
+
+    result = {}
+    if a.bench:
+        if not a.onnx:
+            p.error("--bench needs --onnx")
+        result["latency"] = bench(a.onnx)
+        if not (a.data or a.image_folder):
+            if a.json:
+                _dump(result, a.json)
+            return 0
+    if not (a.data or a.image_folder):
+        p.error("give --data NPZ or --image-folder DIR")
+
+    if a.onnx:
+        clf = OnnxClassifier(a.onnx, threads=a.threads)
+        source = {
+            "onnx": str(a.onnx),
+            "path": "raw onnxruntime (tools/eval_emotion.py preprocessing)",
+        }
+    else:
+        name = a.classifier or "edged_fer"
+        clf = load_package_classifier(name, a.models_dir, a.providers.split(","), a.threads)
+        source = {
+            "classifier": name,
+            "path": "edged.loader.load_classifier (daemon preprocessing)",
+            "provider": getattr(clf, "provider", None),
+        }
+
+    if a.data:
+        images, y, info = load_npz(a.data, a.split, a.dedup_against)
+    else:
+        if a.split != "all" or a.dedup_against:
+            p.error("--split/--dedup-against apply to --data npz only")
+        images, y, info = load_folder(a.image_folder)
+    if a.limit_per_class:
+        idx = np.concatenate(
+            [np.flatnonzero(y == c)[: a.limit_per_class] for c in CANONICAL if (y == c).any()]
+        )
+        idx.sort()
+        images = images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
+        y = y[idx]
+        info["limit_per_class"] = a.limit_per_class
+
+    res = evaluate(clf, images, y, a.batch_size)
+    who = source.get("classifier") or Path(source["onnx"]).name
+    title = f"{who} on {Path(info['dataset']).name} [{info['split']}]"
+    if "dropped_pixel_identical_to_train" in info:
+        title += f" de-dup (-{info['dropped_pixel_identical_to_train']})"
+    result.update({"source": source, "data": info, **res})
+    if a.json != "-":
+        print_report(res, title)
+    if a.plot:
+        result["plot"] = a.plot if plot(res, a.plot, title) else None
+    if a.json:
+        _dump(result, a.json)
+    return 0
+
+
+def _dump(obj, where):
+    text = json.dumps(obj, indent=2)
+    if where == "-":
+        print(text)
+    else:
+        Path(where).write_text(text + "\n")
+        print(f"metrics written to {where}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
