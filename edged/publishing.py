@@ -54,13 +54,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edged import __version__
 from edged.config import Settings
-from edged.errors import PublishError
+from edged.errors import PublishError, SpoolError
 from edged.spool import Spool, spool_path
 
 log = structlog.get_logger(__name__)
 
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
+
+#: Spool key-value entry listing the retained topics this device owns.
+_OWNED_KEY = "retained_topics"
 
 #: Default number of spooled events handed to paho without a PUBACK yet.
 DEFAULT_MAX_INFLIGHT = 20
@@ -252,13 +255,50 @@ class Publisher:
         self._states: dict[str, tuple[str, bytes]] = {}
         self._sent_state: dict[str, tuple[int, str, bytes]] = {}  # camera -> (gen, emo, attrs)
         self._cameras: list[str] = []
-        self._announced: set[str] = set()  # discovery configs currently retained (by us)
-        self._clear_topics: set[str] = set()  # retained topics to empty on next connection
+        self._cameras_known = False  # publish_discovery called: stale topics can be told
+        # Retained topics (state, discovery) this device has published content to, persisted
+        # in the spool file so a camera removed while the daemon was down is cleaned up too.
+        self._owned: set[str] = self._load_owned()
+        self._clear_topics: set[str] = set()  # retained topics to empty when connected
 
         self._sender: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     # -- construction ----------------------------------------------------------------------
+
+    def _load_owned(self) -> set[str]:
+        try:
+            raw = self._spool.get_value(_OWNED_KEY)
+            topics = json.loads(raw) if raw else []
+        except (SpoolError, ValueError) as exc:
+            log.warning("retained_topics_unreadable", error=str(exc))
+            return set()
+        return {str(t) for t in topics} if isinstance(topics, list) else set()
+
+    def _save_owned(self) -> None:
+        try:
+            self._spool.set_value(_OWNED_KEY, json.dumps(sorted(self._owned)))
+        except SpoolError as exc:  # only costs a stale retained topic after a restart
+            log.warning("retained_topics_not_saved", error=str(exc))
+
+    def _own(self, *topics: str) -> None:
+        """Record retained topics we published content to (under ``_state_lock``)."""
+        if not set(topics) <= self._owned:
+            self._owned.update(topics)
+            self._save_owned()
+
+    def _reconcile(self) -> None:
+        """Queue an empty retained payload for every owned topic the current settings and
+        camera list no longer want (under ``_state_lock``)."""
+        if not self._cameras_known:
+            return
+        wanted: set[str] = set()
+        for camera in self._cameras:
+            wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
+            if self._settings.mqtt.homeassistant:
+                uid = discovery_unique_id(self._settings.device.id, camera)
+                wanted.add(self._topics.ha_config(uid))
+        self._clear_topics = (self._clear_topics | (self._owned - wanted)) - wanted
 
     @staticmethod
     def _open_spool(settings: Settings) -> Spool:
@@ -454,32 +494,17 @@ class Publisher:
         with self._lifecycle_lock:
             with self._cv:
                 running = self._client is not None
-            self._clear_discovery_for_move(settings)
             if running:
                 self._stop_client(timeout, flush=False)
-            self._settings = settings
-            self._topics = topics_for(settings)
             with self._state_lock:
+                self._settings = settings
+                self._topics = topics_for(settings)
                 self._sent_state.clear()
-                self._announced.clear()
+                # Moved or disabled discovery and state: emptied on the next connection.
+                self._reconcile()
         log.info("mqtt_settings_changed", reconnecting=running)
         if running:
             self.start()
-
-    def _clear_discovery_for_move(self, new: Settings) -> None:
-        """Empty the discovery configs that the new settings no longer cover: all of them
-        when Home Assistant is switched off, else those whose topic moves (device id or
-        prefix changed). Sent now if connected, else on the next connection."""
-        new_topics = topics_for(new)
-        with self._state_lock:
-            for camera in sorted(self._announced):
-                old_topic = self._topics.ha_config(
-                    discovery_unique_id(self._settings.device.id, camera)
-                )
-                new_topic = new_topics.ha_config(discovery_unique_id(new.device.id, camera))
-                if not new.mqtt.homeassistant or old_topic != new_topic:
-                    self._clear_topics.add(old_topic)
-            self._flush_clears()
 
     # -- publishing API ----------------------------------------------------------------------
 
@@ -531,6 +556,7 @@ class Publisher:
             ok = self._publish_if_connected(self._topics.attributes(camera_id), attrs, 1, True)
         if ok:
             self._sent_state[camera_id] = (gen, emotion, attrs)
+            self._own(self._topics.emotion(camera_id), self._topics.attributes(camera_id))
 
     def publish_heartbeat(self, payload: Mapping[str, Any]) -> bool:
         """``<base>/heartbeat`` at QoS 0, not retained; dropped (``False``) when offline."""
@@ -548,47 +574,43 @@ class Publisher:
     def publish_discovery(self, cameras: list[str]) -> None:
         """Announce one Home Assistant emotion sensor per camera (retained configs).
 
-        Call at start and after every reload with the full camera list. Cameras that are
-        no longer listed get their discovery config and their retained emotion/attributes
-        emptied; with ``[mqtt] homeassistant = false`` every config this process announced
-        is emptied. Re-sent on every connection and whenever ``<ha prefix>/status`` says
-        ``online``.
+        Call at start and after every reload with the full camera list. Every retained
+        topic this device owns (remembered across restarts) that the list and settings no
+        longer want is emptied: the discovery config and retained emotion/attributes of a
+        removed camera, and every config when ``[mqtt] homeassistant = false``. Configs are
+        re-sent on every connection and whenever ``<ha prefix>/status`` says ``online``.
         """
         with self._state_lock:
             wanted = [_check_camera_id(c) for c in dict.fromkeys(cameras)]
-            removed = [c for c in self._cameras if c not in wanted]
-            for camera in removed:
-                self._states.pop(camera, None)
-                self._sent_state.pop(camera, None)
-                self._clear_topics.add(self._topics.emotion(camera))
-                self._clear_topics.add(self._topics.attributes(camera))
-            announce = wanted if self._settings.mqtt.homeassistant else []
-            for camera in self._announced - set(announce):
-                uid = discovery_unique_id(self._settings.device.id, camera)
-                self._clear_topics.add(self._topics.ha_config(uid))
-            self._announced &= set(announce)
-            for camera in announce:
-                uid = discovery_unique_id(self._settings.device.id, camera)
-                self._clear_topics.discard(self._topics.ha_config(uid))
-                self._clear_topics.discard(self._topics.emotion(camera))
-                self._clear_topics.discard(self._topics.attributes(camera))
+            for camera in self._cameras:
+                if camera not in wanted:
+                    self._states.pop(camera, None)
+                    self._sent_state.pop(camera, None)
             self._cameras = wanted
+            self._cameras_known = True
+            self._reconcile()
             self._flush_clears()
             self._send_discovery()
 
     def _flush_clears(self) -> None:
+        cleared = []
         for topic in sorted(self._clear_topics):
             if self._publish_if_connected(topic, b"", 1, True):
-                self._clear_topics.discard(topic)
+                cleared.append(topic)
+        if cleared:
+            self._clear_topics.difference_update(cleared)
+            self._owned.difference_update(cleared)
+            self._save_owned()
+            log.info("retained_topics_cleared", topics=cleared)
 
     def _send_discovery(self) -> None:
         if not self._settings.mqtt.homeassistant:
             return
         for camera in self._cameras:
-            uid = discovery_unique_id(self._settings.device.id, camera)
+            topic = self._topics.ha_config(discovery_unique_id(self._settings.device.id, camera))
             body = _json_bytes(discovery_config(self._settings, camera))
-            if self._publish_if_connected(self._topics.ha_config(uid), body, 1, True):
-                self._announced.add(camera)
+            if self._publish_if_connected(topic, body, 1, True):
+                self._own(topic)
 
     # -- observability -----------------------------------------------------------------------
 

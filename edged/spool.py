@@ -62,6 +62,10 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
+CREATE TABLE IF NOT EXISTS kv (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: Row size as the bound counts it: the bytes that would go over the wire, roughly.
@@ -372,6 +376,30 @@ class Spool:
                 self._count, self._bytes = count, nbytes
                 raise SpoolError(f"spool {self.path}: cannot delete: {exc}") from exc
         return removed
+
+    def get_value(self, key: str) -> str | None:
+        """A small piece of publisher state kept beside the events (``None`` if unset)."""
+        with self._lock:
+            conn = self._conn_or_raise()
+            try:
+                row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
+        return None if row is None else str(row[0])
+
+    def set_value(self, key: str, value: str) -> None:
+        """Store publisher state (e.g. which retained topics it owns) across restarts."""
+        with self._lock:
+            conn = self._conn_or_raise()
+            try:
+                self._set_sync("NORMAL")
+                conn.execute(
+                    "INSERT INTO kv (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: cannot write: {exc}") from exc
 
     def pending(self) -> int:
         """Rows waiting for an acknowledgement."""

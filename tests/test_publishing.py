@@ -775,3 +775,32 @@ def test_switching_homeassistant_off_by_reload_empties_the_discovery_configs(
         assert not late.on(topic)  # nothing retained, and not announced again
     finally:
         late.close()
+
+
+def test_a_camera_removed_while_the_daemon_was_down_is_cleared_after_restart(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+) -> None:
+    settings = make_settings(tmp_path, mqtt_broker)
+    first = start(publishers, settings)
+    first.publish_discovery(["door", "hall"])
+    first.publish_state("hall", "angry", {"faces": 1})
+    hall_config = "homeassistant/sensor/edged_dev1_hall_emotion/config"
+    recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b"angry"), what="hall state")
+    recorder.wait_for(lambda m: any(x.topic == hall_config for x in m), what="hall config")
+    first.stop(timeout=2.0)
+    # The config file lost "hall" while the daemon was stopped.
+    second = start(publishers, settings)
+    second.publish_discovery(["door"])
+    for topic in (hall_config, f"{BASE}/hall/emotion", f"{BASE}/hall/attributes"):
+        recorder.wait_for(has_payload(topic, b""), what=f"{topic} cleared after restart")
+
+    def owned() -> list[str]:
+        return list(json.loads(second.spool.get_value("retained_topics") or "[]"))
+
+    door_config = "homeassistant/sensor/edged_dev1_door_emotion/config"
+    wait_until(lambda: door_config in owned(), what="door config owned")
+    assert not [t for t in owned() if "hall" in t]
+    assert f"{BASE}/door/emotion" not in owned()  # door never had a state

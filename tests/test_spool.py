@@ -225,3 +225,15 @@ def test_closed_spool_raises_spool_error(tmp_path: Path) -> None:
     spool.close()  # idempotent
     with pytest.raises(SpoolError, match="closed"):
         spool.put("t", b"x", 1)
+
+
+def test_key_values_survive_reopen_and_are_replaced_on_set(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    assert spool.get_value("retained_topics") is None
+    spool.set_value("retained_topics", '["a"]')
+    spool.set_value("retained_topics", '["a","b"]')
+    spool.close()
+    again = _spool(tmp_path)
+    assert again.get_value("retained_topics") == '["a","b"]'
+    assert again.pending() == 0  # key-values are not events
+    again.close()
