@@ -77,7 +77,8 @@ def test_image_gives_contract_json_and_an_annotated_copy(
         assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-3)
     original = cv2.imread(str(images / "s_l.jpg"))
     drawn = cv2.imread(str(out))
-    assert drawn is not None and drawn.shape == original.shape
+    assert original is not None and drawn is not None
+    assert drawn.shape == original.shape
     assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # boxes were drawn
 
 

@@ -142,7 +142,8 @@ def test_presized_array_equals_list_of_crops_of_any_size(
                 for c in face_crops
             ]
         )
-    np.testing.assert_allclose(classifier(resized), classifier(face_crops), atol=1e-6)
+    presized = np.asarray(resized, np.uint8)
+    np.testing.assert_allclose(classifier(presized), classifier(face_crops), atol=1e-6)
 
 
 def test_fer_preprocessing_is_the_training_tools(

@@ -7,7 +7,9 @@ different model under the expected name), never mocks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import make_models_dir
@@ -38,7 +40,7 @@ def layout(shared: Path, dest: Path, *files: str) -> Path:
     return make_models_dir(shared, dest, only=list(files))
 
 
-def events(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
