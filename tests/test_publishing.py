@@ -804,3 +804,23 @@ def test_a_camera_removed_while_the_daemon_was_down_is_cleared_after_restart(
     wait_until(lambda: door_config in owned(), what="door config owned")
     assert not [t for t in owned() if "hall" in t]
     assert f"{BASE}/door/emotion" not in owned()  # door never had a state
+
+
+def test_events_the_broker_refuses_under_mqtt5_are_counted_and_do_not_block_the_spool(
+    tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {BASE}/status\ntopic read #\n")  # events not allowed
+    broker = MosquittoBroker(tmp_path / "broker", extra_config=f"acl_file {acl}")
+    broker.start()
+    try:
+        pub = start(publishers, make_settings(tmp_path / "state", broker, protocol="5"))
+        wait_until(lambda: pub.stats()["connected"], what="connected")
+        for seq in range(3):
+            pub.publish_event("door", {"seq": seq})
+        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="refused rows leave the spool")
+        stats = pub.stats()
+        assert (stats["events_rejected"], stats["events_published"]) == (3, 0)
+        assert "rejected" in str(stats["last_error"])
+    finally:
+        broker.kill()
