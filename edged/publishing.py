@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import ssl
 import threading
@@ -320,6 +321,10 @@ class Publisher:
             clean_session=None if v5 else True,
             reconnect_on_failure=True,
         )
+        # A bug in one of our callbacks must not kill paho's network thread (the default
+        # re-raises there); paho logs it, at ERROR, through the stdlib logger instead.
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger("paho.mqtt"))
         # Our own window bounds the events in flight; paho's would only queue behind it.
         client.max_inflight_messages_set(0)
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)  # type: ignore[arg-type]
