@@ -824,3 +824,38 @@ def test_events_the_broker_refuses_under_mqtt5_are_counted_and_do_not_block_the_
         assert "rejected" in str(stats["last_error"])
     finally:
         broker.kill()
+
+
+def test_events_produced_continuously_through_a_broker_restart_arrive_in_order(
+    tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
+    broker.start()
+    rec = MqttRecorder(
+        broker.host, broker.port, [f"{BASE}/#"], client_id="stream-rec", clean_session=False
+    )
+    total = 400
+    try:
+        rec.wait_subscribed()
+        pub = start(publishers, make_settings(tmp_path / "state", broker))
+        wait_until(lambda: pub.stats()["connected"], what="connected")
+
+        def produce() -> None:
+            for seq in range(total):
+                pub.publish_event("door", {"seq": seq})
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        rec.wait_for(lambda m: len(events_on(m)) >= 50, what="first 50 events")
+        broker.stop()  # events are in flight and still being produced
+        wait_until(lambda: not pub.stats()["connected"], what="publisher sees the outage")
+        broker.start()
+        producer.join()
+        msgs = rec.wait_for(
+            lambda m: set(range(total)) <= {e["seq"] for e in events_on(m)}, 30, "all events"
+        )
+        assert first_delivery_order(events_on(msgs)) == list(range(total))
+        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+    finally:
+        rec.close()
+        broker.kill()
