@@ -594,7 +594,10 @@ class Daemon:
             for slot in self.cameras.values():
                 slot.tracker.configure(tracker_settings)
             if self.publisher is not None and new.mqtt != old.mqtt:
-                self.publisher.update_settings(new)
+                # May reconnect (offline on the old topic, wait for paho's thread): off-loop.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._blocking, self.publisher.update_settings, new
+                )
             await self._apply_cameras(old, new)
             log.info(
                 "config_reloaded",
