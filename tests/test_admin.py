@@ -186,7 +186,8 @@ def test_verify_passes_for_good_models(shared: Path, tmp_path: Path, config: Pat
     res = cli("models", "verify", "--models-dir", mdir, "-c", config)
     assert res.exit_code == 0, res.output
     rows = [ln for ln in res.output.splitlines() if ln.startswith("│")]
-    assert {r.split("│")[1].strip() for r in rows} == {"yunet", "enet_b2_7"}
+    # The shipped model is always installed, so verify checks it too.
+    assert {r.split("│")[1].strip() for r in rows} == {"yunet", "enet_b2_7", "edged_fer"}
     assert all("cpu" in r and " ok " in r for r in rows)
 
 
