@@ -109,6 +109,8 @@ class ModelSpec:
     sources: tuple[Source, ...] = ()
     shipped: bool = False
     license: str = ""
+    #: Detection score threshold used when ``[pipeline] det_threshold`` is 0.
+    default_threshold: float = 0.5
     #: Rough download size in bytes, shown before fetching.
     size_hint: int = 0
     notes: str = ""
@@ -235,6 +237,7 @@ CATALOG: dict[str, ModelSpec] = {
             ),
             license="MIT",
             size_hint=232_589,
+            default_threshold=0.6,
         ),
         ModelSpec(
             name="retinaface",

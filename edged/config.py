@@ -177,7 +177,9 @@ class PipelineSettings(_Section):
     tensorrt_fp16: bool = True
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     det_size: int = Field(default=640, ge=128, le=2048)
-    det_threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: 0 = the detector's own calibrated default (SCRFD 0.5, YuNet 0.6: YuNet scores run
+    #: higher on non-faces, so one shared number would favour one family).
+    det_threshold: float = Field(default=0.0, ge=0, lt=1)
     nms_threshold: float = Field(default=0.4, gt=0, le=1)
     min_face_px: int = Field(default=20, ge=0)
     max_faces: int = Field(default=32, ge=1, le=1024)

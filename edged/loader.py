@@ -211,7 +211,7 @@ def load_detector(
             sessions[0],
             provider,
             det_size=pipeline_settings.det_size,
-            threshold=pipeline_settings.det_threshold,
+            threshold=pipeline_settings.det_threshold or spec.default_threshold,
             nms_threshold=pipeline_settings.nms_threshold,
             min_face_px=pipeline_settings.min_face_px,
             max_faces=pipeline_settings.max_faces,

@@ -83,6 +83,10 @@ class SessionFactory:
         compiled = set(ort.get_available_providers())
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        # No busy-waiting between ops: on a Jetson or a small PC the cores are shared with
+        # capture and MQTT, and spinning threads cost more than they save (measured with
+        # tools/bench.py on 2 cores: one-face frame 171 ms -> 70-96 ms).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.intra_op_threads:
             so.intra_op_num_threads = self.intra_op_threads
         reasons: list[str] = []
