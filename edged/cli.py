@@ -148,8 +148,8 @@ def analyze(
     classifier: Annotated[Optional[str], typer.Option(help="Emotion model name.")] = None,  # noqa: UP045
     models_dir: ModelsDirOpt = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Write an annotated image/video.")
-    ] = None,  # noqa: UP045
+        Path | None, typer.Option("--out", help="Write an annotated image/video.")
+    ] = None,
     providers: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cuda,cpu.")] = None,  # noqa: UP045
     config: ConfigOpt = None,
     log_level: LogLevelOpt = "warning",
@@ -201,8 +201,8 @@ def models_list(
 @models_app.command("fetch")
 def models_fetch(
     names: Annotated[
-        Optional[list[str]], typer.Argument(help="Model names (default: the phase's).")
-    ] = None,  # noqa: UP045
+        list[str] | None, typer.Argument(help="Model names (default: the phase's).")
+    ] = None,
     phase: Annotated[Optional[str], typer.Option(help="Fetch what this phase needs.")] = None,  # noqa: UP045
     mirror: Annotated[
         Optional[str],  # noqa: UP045

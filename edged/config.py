@@ -51,6 +51,10 @@ Provider = Literal["tensorrt", "cuda", "cpu"]
 Phase = Literal["sota_phase3", "sota_phase2", "sota_phase1", "current", "lite"]
 
 
+def _default_providers() -> list[Provider]:
+    return ["tensorrt", "cuda", "cpu"]
+
+
 class _Section(BaseModel):
     """Base of every section: unknown keys are errors, assignment is validated."""
 
@@ -173,7 +177,7 @@ class PipelineSettings(_Section):
     phase: Phase = "sota_phase2"
     detector: str = ""
     classifier: str = ""
-    providers: list[Provider] = Field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
+    providers: list[Provider] = Field(default_factory=_default_providers)
     tensorrt_fp16: bool = True
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     det_size: int = Field(default=640, ge=128, le=2048)
@@ -341,7 +345,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file, turning syntax and I/O errors into a ConfigError naming the file."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     except OSError as exc:

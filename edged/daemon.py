@@ -285,10 +285,10 @@ class Daemon:
             self.rt.last_batch_done = time.monotonic()
             self._record_inference(pipeline, results)
             for (cam_id, frame), result in zip(batch, results, strict=True):
-                slot = self.cameras.get(cam_id)
-                if slot is None:  # removed by a reload while the batch ran
+                target = self.cameras.get(cam_id)
+                if target is None:  # removed by a reload while the batch ran
                     continue
-                await self._after_frame(cam_id, slot, frame, result)
+                await self._after_frame(cam_id, target, frame, result)
             await self._expire_idle_tracks()
 
     def _idle_sleep(self, now: float) -> float:
@@ -397,13 +397,9 @@ class Daemon:
             return
         while True:
             busy = self.rt.busy_since
-            stuck = busy is not None and time.monotonic() - busy > 4 * interval
-            if stuck:
-                log.error(
-                    "watchdog_withheld",
-                    reason="inference thread stuck",
-                    busy_s=time.monotonic() - busy,
-                )
+            busy_s = time.monotonic() - busy if busy is not None else 0.0
+            if busy_s > 4 * interval:
+                log.error("watchdog_withheld", reason="inference thread stuck", busy_s=busy_s)
             else:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)

@@ -47,7 +47,9 @@ LAYOUT_LINKS: dict[str, str] = {
     "emotieff/fer_enet_b0_8.onnx": "standin/enet_b0_8_best_vgaf.standin.onnx",
     "affectnet_fer/affectnet_mobilenet_7.onnx": "standin/mobilenet_7.standin.onnx",
     "efficientvit/efficientvit_m5_backbone.onnx": "standin/efficientvit_m5_backbone.standin.onnx",
-    "efficientvit/efficientvit_m5_emotion_head.onnx": "standin/efficientvit_m5_emotion_head.standin.onnx",
+    "efficientvit/efficientvit_m5_emotion_head.onnx": (
+        "standin/efficientvit_m5_emotion_head.standin.onnx"
+    ),
 }
 
 

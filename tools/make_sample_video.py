@@ -43,7 +43,7 @@ def compose(
     small = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     mirrored = cv2.convertScaleAbs(cv2.flip(small, 1), alpha=1.15, beta=10)
     fh, fw = small.shape[:2]
-    n = int(round(fps * seconds))
+    n = round(fps * seconds)
     frames: list[np.ndarray] = []
     for i in range(n):
         t = i / max(n - 1, 1)

@@ -35,7 +35,9 @@ class Detections:
     @staticmethod
     def empty() -> Detections:
         return Detections(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, 5, 2), np.float32),
         )
 
 
