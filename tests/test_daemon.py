@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,9 +131,10 @@ def write_config(
 class DaemonProcess:
     """``python -m edged run`` in a subprocess, JSON logs to a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
         self.log_path = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+        env.update(extra_env or {})
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "-c", str(config), "--log-format", "json"],
@@ -562,6 +564,49 @@ def test_a_dead_camera_recovers_while_the_other_keeps_publishing(
     d.signal(signal.SIGTERM)
     assert d.wait(20) == 0, d.tail()
     rec.close()
+
+
+def test_systemd_gets_ready_after_start_watchdog_pings_and_stopping_on_sigterm(
+    tmp_path: Path, mqtt_broker: MosquittoBroker, models_dir: Path, scene: Scene, daemons: list
+) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    rec = MqttRecorder(mqtt_broker.host, mqtt_broker.port, [f"edged/{DEVICE}/status"])
+    cfg = write_config(
+        tmp_path / "edged.toml",
+        mqtt_broker,
+        tmp_path / "state",
+        models_dir,
+        cameras=[{"id": "cam", "source": str(scene.video), "fps": FPS, "loop": True}],
+    )
+    d = DaemonProcess(
+        cfg,
+        tmp_path / "daemon.log",
+        {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"},
+    )
+    daemons.append(d)
+    seen: list[str] = []
+
+    def until(line: str) -> None:
+        while not any(line in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+
+    try:
+        until("READY=1")
+        # READY comes after the models are warm and the cameras opened: the log says so.
+        wait_until(lambda: any(e.get("event") == "daemon_ready" for e in d.logs()), 10, "ready")
+        order = [e.get("event") for e in d.logs()]
+        ready = order.index("daemon_ready")
+        assert order.index("pipeline_loaded") < ready and order.index("camera_opened") < ready
+        until("WATCHDOG=1")
+        rec.wait_for(status_is(b"online"), 20, "online")
+        d.signal(signal.SIGTERM)
+        until("STOPPING=1")
+        assert d.wait(20) == 0, d.tail()
+    finally:
+        sock.close()
+        rec.close()
 
 
 # --- the remote-config guard, without a broker ---------------------------------------------
