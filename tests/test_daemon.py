@@ -480,6 +480,20 @@ def test_config_set_and_sighup_apply_valid_changes_and_refuse_invalid_ones(
     )
     assert d.proc.pid == pid and d.proc.poll() is None
 
+    # Models: a swap to a model that is not installed is refused naming the file, and the
+    # running pipeline stays; a swap to an installed one applies without a restart.
+    r = ask({"token": "s3cret", "pipeline": {"detector": "scrfd_10g"}})
+    assert r["ok"] is False and "scrfd_10g_bnkps.onnx" in r["error"], r
+    assert heartbeats(rec)[-1]["providers"] == {DETECTOR: "cpu", CLASSIFIER: "cpu"}
+    r = ask({"token": "s3cret", "pipeline": {"classifier": "enet_b0_8"}})
+    assert r["ok"] is True, r
+    rec.wait_for(
+        lambda ms: heartbeats(rec)[-1]["providers"] == {DETECTOR: "cpu", "enet_b0_8": "cpu"},
+        20,
+        "heartbeat with the swapped classifier",
+    )
+    assert d.proc.pid == pid and d.proc.poll() is None
+
     # SIGHUP with an invalid file: refused, logged, old config keeps running.
     cfg.write_text(cfg.read_text() + "\n[bogus]\nx = 1\n")
     d.signal(signal.SIGHUP)
