@@ -689,3 +689,27 @@ def test_heartbeat_names_models_providers_and_counts_even_before_frames(tmp_path
     assert hb["schema"] == 1 and hb["device"] == DEVICE
     assert hb["spool"] == {"pending": 0, "dropped": 0}
     assert time.time() > 0
+
+
+def test_run_refuses_to_start_without_a_usable_model_and_names_file_and_fix(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(
+        f'[device]\nid = "{DEVICE}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[pipeline]\nphase = "sota_phase2"\nproviders = ["cpu"]\n'
+        f'[models]\ndir = "{tmp_path / "empty"}"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    res = subprocess.run(
+        [sys.executable, "-m", "edged", "run", "-c", str(cfg), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 1
+    err = res.stderr
+    assert "scrfd/scrfd_10g_bnkps.onnx" in err and "edged models fetch" in err, err
+    assert "Traceback" not in err
