@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -92,20 +92,40 @@ class Source:
         return self.kind == "file"
 
 
+#: A URL's scheme and authority, also inside a GStreamer pipeline (``location=rtsp://...``).
+#: The authority ends where RFC 3986 (and FFmpeg's ``av_url_split``) end it, or at a space
+#: or quote, which cannot be part of it in a pipeline string.
+_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s\"']*)")
+#: Query parameters that carry credentials on cheap IP cameras (``video.cgi?user=a&pwd=b``)
+#: and token-authenticated mirrors.
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pwd|pass|token|access_token|api_key|apikey|key"
+    r"|secret|auth|signature|sig)=)(?P<value>[^&;#\s\"']*)",
+    re.IGNORECASE,
+)
+
+
 def redact_source(source: str) -> str:
-    """The source with any URL password replaced by ``***`` (sources end up in logs)."""
+    """The source with URL passwords and secret query values replaced by ``***``.
+
+    Sources end up in logs, ``/health`` and ``edged config show``. The user info is split
+    from the host at the *last* ``@`` of the authority, as URL parsers and FFmpeg do, so a
+    password containing ``@`` is hidden whole. Host and port are kept verbatim (case, IPv6
+    brackets, even an invalid port): this must never fail on a string it cannot parse,
+    because it runs on the error paths that report such strings.
+    """
+
+    def _authority(match: re.Match[str]) -> str:
+        userinfo, at, hostport = match["authority"].rpartition("@")
+        if not at or ":" not in userinfo:
+            return match[0]
+        user = userinfo.split(":", 1)[0]
+        return f"{match['scheme']}{user}:***@{hostport}"
+
     if "://" not in source:
-        return source
-    try:
-        parts = urlsplit(source)
-    except ValueError:
-        return source
-    if parts.password is None:
-        return source
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return source  # a device, index or file path: shown as written
+    source = _URL_AUTHORITY.sub(_authority, source)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***" if m["value"] else m[0], source)
 
 
 @functools.lru_cache(maxsize=1)

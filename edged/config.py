@@ -316,11 +316,22 @@ class Settings(BaseSettings):
         return [c for c in self.cameras if c.enabled]
 
     def redacted(self) -> dict[str, Any]:
-        """The effective config as plain data with every secret replaced by ``"***"``."""
+        """The effective config as plain data with every secret replaced by ``"***"``.
+
+        Secrets also hide inside URLs (``rtsp://user:pass@cam``, ``?pwd=`` on IP cameras, a
+        token in the model mirror), so camera sources and the mirror go through the same
+        redaction as the capture logs.
+        """
+        # capture imports this module (CameraSettings), hence the import here.
+        from edged.capture import redact_source
+
         data = self.model_dump(mode="json")
         mqtt = data["mqtt"]
         for key in ("password", "remote_config_token"):
             mqtt[key] = "***" if mqtt.get(key) else ""
+        data["models"]["mirror"] = redact_source(data["models"]["mirror"])
+        for camera in data["cameras"]:
+            camera["source"] = redact_source(camera["source"])
         return data
 
 

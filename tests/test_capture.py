@@ -301,6 +301,35 @@ def test_url_passwords_are_redacted_for_logs() -> None:
     assert redact_source("/dev/video0") == "/dev/video0"
 
 
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        # The user info ends at the LAST '@' of the authority: the whole password goes.
+        ("rtsp://admin:p@ss@w0rd@cam.lan:554/s", "rtsp://admin:***@cam.lan:554/s"),
+        # Host and port verbatim, even where urlsplit would change or reject them.
+        ("rtsp://u:pw@[fe80::1]:554/s", "rtsp://u:***@[fe80::1]:554/s"),
+        ("rtsp://u:pw@Cam.LAN:port/s", "rtsp://u:***@Cam.LAN:port/s"),
+        ("rtsp://u:pw@cam:0/s", "rtsp://u:***@cam:0/s"),
+        # An '@' in the path is not user info.
+        ("rtsp://cam.lan/live@main", "rtsp://cam.lan/live@main"),
+        ("rtsp://admin@cam.lan/s", "rtsp://admin@cam.lan/s"),
+        # Inside a GStreamer pipeline (Jetson rtspsrc) and in IP-camera CGI query strings.
+        (
+            "rtspsrc location=rtsp://op:s3@cr3t@cam/s latency=0 ! decodebin ! appsink",
+            "rtspsrc location=rtsp://op:***@cam/s latency=0 ! decodebin ! appsink",
+        ),
+        (
+            "http://cam/video.cgi?user=op&pwd=s3cret&res=1",
+            "http://cam/video.cgi?user=op&pwd=***&res=1",
+        ),
+        ("https://mirror.lan/m?TOKEN=abc#x", "https://mirror.lan/m?TOKEN=***#x"),
+        ("clips/a?pwd=1.mp4", "clips/a?pwd=1.mp4"),  # a file path is shown as written
+    ],
+)
+def test_redaction_hides_every_credential_form_and_keeps_the_rest(source: str, shown: str) -> None:
+    assert redact_source(source) == shown
+
+
 def test_list_video_devices_sorts_numerically(tmp_path: Path) -> None:
     for name in ("video10", "video2", "video0", "null"):
         (tmp_path / name).touch()

@@ -166,6 +166,37 @@ def test_config_show_redacts_password_and_token(
     assert json.loads(res.stdout)["mqtt"]["password"] == "***"
 
 
+def test_config_show_redacts_credentials_in_camera_sources_and_the_mirror(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        '[mqtt]\npassword = "hunter2-pw"\nremote_config = true\n'
+        'remote_config_token = "tok-9f8e7d"\n'
+        '[models]\nmirror = "https://fleet:mirror-tok-77@models.lan:8443/edged"\n'
+        '[[cameras]]\nid = "door"\nsource = "rtsp://admin:p@ss-w0rd@10.0.0.5:554/h264"\n'
+        '[[cameras]]\nid = "csi"\n'
+        'source = "rtspsrc location=rtsp://op:gst-pw-4@cam.lan/s ! decodebin ! appsink"\n'
+        '[[cameras]]\nid = "cgi"\nsource = "http://cam.lan/video.cgi?user=op&pwd=cgi-pw-5"\n'
+        '[[cameras]]\nid = "usb"\nsource = "/dev/video0"\n',
+    )
+    secrets = ("hunter2-pw", "tok-9f8e7d", "mirror-tok-77", "p@ss-w0rd", "ss-w0rd")
+    secrets += ("gst-pw-4", "cgi-pw-5")
+    for args in (("config", "show"), ("config", "show", "--json")):
+        res = cli(*args, "-c", str(path))
+        assert res.exit_code == 0, res.output
+        assert [s for s in secrets if s in res.output] == []
+    shown = json.loads(res.stdout)
+    # Only the secrets go: what identifies the camera or mirror stays readable.
+    assert [c["source"] for c in shown["cameras"]] == [
+        "rtsp://admin:***@10.0.0.5:554/h264",
+        "rtspsrc location=rtsp://op:***@cam.lan/s ! decodebin ! appsink",
+        "http://cam.lan/video.cgi?user=op&pwd=***",
+        "/dev/video0",
+    ]
+    assert shown["models"]["mirror"] == "https://fleet:***@models.lan:8443/edged"
+
+
 def test_secret_in_a_broken_value_is_not_echoed(tmp_path: Path) -> None:
     path = write(tmp_path, "[mqtt]\npassword = 12345678\n")
     res = cli("check-config", "-c", str(path))
