@@ -25,11 +25,21 @@ Design, and why:
 * **Clean stop**: a clean DISCONNECT never fires the will, so :meth:`Publisher.stop`
   publishes the retained ``offline`` itself and waits (bounded) for its PUBACK.
 
+* **The event loop never waits on the disk.** ``publish_state``, ``publish_discovery``,
+  ``publish_heartbeat`` and ``publish_config_result`` are called from the daemon's asyncio
+  loop; they only touch memory and queue packets with ``client.publish`` (paho's threaded
+  mode only appends to its queue and pokes a non-blocking socket pair). The list of owned
+  retained topics is marked dirty and written to the spool file by the sender thread, whose
+  SQLite writes wait on the spool lock that ``put`` holds through an fsync.
+
 Locking rules (deadlock freedom with paho's internal mutexes): paho calls ``on_publish``
 while holding its outgoing-message mutex, so the bookkeeping condition ``_cv`` is never held
 while calling into paho. ``_send_lock`` (event sends vs. new connection) and ``_state_lock``
 (state publishes vs. their re-publication) may be held across ``client.publish``, and are
-never taken by ``on_publish``/``on_message``/``on_disconnect``. Order: send → cv, state → cv.
+never taken by ``on_publish``/``on_message``/``on_disconnect``. No lock the ``publish_*``
+methods take (``_state_lock``, ``_cv``) is ever held across SQLite or a network wait;
+``_persist_lock`` (held across the owned-topics write) is taken only by the sender thread
+and ``stop``. Order: persist → state → cv, send → cv.
 """
 
 from __future__ import annotations
@@ -206,7 +216,9 @@ def _connection_key(settings: Settings) -> tuple[Any, ...]:
 class Publisher:
     """The daemon's MQTT side. Build it from :class:`~edged.config.Settings`, then
     :meth:`start`; every ``publish_*`` method is thread-safe and returns without waiting
-    for the network (``publish_event`` waits for one fsync'ed SQLite commit).
+    for the network. ``publish_event`` waits for one fsync'ed SQLite commit (use
+    :meth:`publish_event_async` on the loop); the others never touch SQLite, so they are
+    safe to call directly on the event loop.
 
     ``on_config_set`` receives the raw payload of each (non-retained) ``<base>/config/set``
     message, on paho's network thread; marshal it to the event loop with
@@ -233,6 +245,7 @@ class Publisher:
         self._cv = threading.Condition()
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        self._persist_lock = threading.Lock()
         self._lifecycle_lock = threading.Lock()
 
         # Guarded by _cv.
@@ -260,6 +273,10 @@ class Publisher:
         # Retained topics (state, discovery) this device has published content to, persisted
         # in the spool file so a camera removed while the daemon was down is cleaned up too.
         self._owned: set[str] = self._load_owned()
+        # _owned changed since it was last written. Only the sender thread (and stop) write
+        # it, so the publish_* methods called from the event loop never wait on SQLite.
+        self._owned_dirty = False
+        self._owned_save_failing = False
         self._clear_topics: set[str] = set()  # retained topics to empty when connected
 
         self._sender: threading.Thread | None = None
@@ -276,17 +293,48 @@ class Publisher:
             return set()
         return {str(t) for t in topics} if isinstance(topics, list) else set()
 
-    def _save_owned(self) -> None:
-        try:
-            self._spool.set_value(_OWNED_KEY, json.dumps(sorted(self._owned)))
-        except SpoolError as exc:  # only costs a stale retained topic after a restart
-            log.warning("retained_topics_not_saved", error=str(exc))
+    def _mark_owned_dirty(self) -> None:
+        """Ask the sender thread to persist ``_owned`` (under ``_state_lock``; cheap).
+
+        Writing it here would put an SQLite commit, which waits on the spool lock that
+        ``put`` holds through an fsync, on the caller's thread: the event loop.
+        """
+        self._owned_dirty = True
+        with self._cv:
+            self._wake = True
+            self._cv.notify_all()
+
+    def _persist_owned(self) -> None:
+        """Write ``_owned`` to the spool file if it changed (sender thread, or stop).
+
+        ``_persist_lock`` keeps snapshots written in the order they were taken; the
+        ``_state_lock`` is held only to take the snapshot, never across the write. A failed
+        write stays dirty and is retried on the sender's next round.
+        """
+        with self._persist_lock:
+            with self._state_lock:
+                if not self._owned_dirty:
+                    return
+                self._owned_dirty = False
+                snapshot = json.dumps(sorted(self._owned))
+            try:
+                self._spool.set_value(_OWNED_KEY, snapshot)
+            except SpoolError as exc:  # only costs a stale retained topic after a restart
+                with self._state_lock:
+                    self._owned_dirty = True
+                if not self._owned_save_failing:
+                    log.warning("retained_topics_not_saved", error=str(exc), note="retrying")
+                self._owned_save_failing = True
+                return
+            if self._owned_save_failing:
+                log.info("retained_topics_saved")
+            self._owned_save_failing = False
 
     def _own(self, *topics: str) -> None:
         """Record retained topics we published content to (under ``_state_lock``)."""
         if not set(topics) <= self._owned:
             self._owned.update(topics)
-            self._save_owned()
+            self._mark_owned_dirty()
 
     def _reconcile(self) -> None:
         """Queue an empty retained payload for every owned topic the current settings and
@@ -309,9 +357,15 @@ class Publisher:
             max_bytes=settings.mqtt.spool_max_bytes,
         )
 
-    def _build_client(self) -> mqtt.Client:
-        """A configured but unconnected paho client (TLS, credentials, will, callbacks)."""
-        settings = self._settings
+    def _build_client(self, settings: Settings) -> mqtt.Client:
+        """A configured but unconnected paho client (TLS, credentials, will, callbacks).
+
+        Everything in the settings that can be wrong on disk (password file, CA, client
+        certificate and key) is read here, so building the client *is* the validation:
+        :meth:`update_settings` builds first and only then touches the running connection.
+        Raises :class:`~edged.errors.ConfigError` (password file) or
+        :class:`~edged.errors.PublishError` (TLS material).
+        """
         m = settings.mqtt
         v5 = m.protocol == "5"
         client = mqtt.Client(
@@ -346,7 +400,7 @@ class Publisher:
                     f"mqtt TLS setup failed (tls_ca={m.tls_ca}, tls_cert={m.tls_cert}, "
                     f"tls_key={m.tls_key}): {exc}"
                 ) from exc
-        client.will_set(self._topics.status, STATUS_OFFLINE, qos=1, retain=True)
+        client.will_set(topics_for(settings).status, STATUS_OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -359,42 +413,57 @@ class Publisher:
     def start(self) -> None:
         """Start connecting in the background and start the spool sender; returns at once."""
         with self._lifecycle_lock:
-            if self._spool.closed:
-                self._spool = self._open_spool(self._settings)
-                self._owns_spool = True
-            with self._cv:
-                if self._client is not None:
-                    return
-            client = self._build_client()
-            m = self._settings.mqtt
-            with self._cv:
-                self._client = client
-                self._sender_stop = False
-            if self._sender is None or not self._sender.is_alive():
-                self._sender = threading.Thread(
-                    target=self._sender_main, name="edged-mqtt-sender", daemon=True
-                )
-                self._sender.start()
-            try:
-                if m.protocol == "5":
-                    client.connect_async(m.host, m.port, m.keepalive_s, clean_start=True)
-                else:
-                    client.connect_async(m.host, m.port, m.keepalive_s)
-            except (OSError, ValueError) as exc:
-                with self._cv:
-                    self._client = None
-                raise PublishError(f"mqtt connect to {m.host}:{m.port} failed: {exc}") from exc
-            client.loop_start()
-            log.info(
-                "mqtt_starting",
-                host=m.host,
-                port=m.port,
-                protocol=m.protocol,
-                client_id=m.resolved_client_id(self._settings.device.id),
-                tls=m.tls_ca is not None or m.tls_cert is not None,
-                username=m.username or None,
-                base_topic=self._topics.base,
+            self._start_locked(None)
+
+    def _prepare_client(self, settings: Settings) -> mqtt.Client:
+        """A built client with its connection parameters set, nothing started yet.
+
+        ``connect_async`` only checks and stores host, port and keepalive (the network is
+        touched by ``loop_start``), so every way these settings can be refused surfaces
+        here, before a running connection is given up for them.
+        """
+        client = self._build_client(settings)
+        m = settings.mqtt
+        try:
+            if m.protocol == "5":
+                client.connect_async(m.host, m.port, m.keepalive_s, clean_start=True)
+            else:
+                client.connect_async(m.host, m.port, m.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise PublishError(f"mqtt connect to {m.host}:{m.port} failed: {exc}") from exc
+        return client
+
+    def _start_locked(self, client: mqtt.Client | None) -> None:
+        """:meth:`start` under ``_lifecycle_lock``, with a client already prepared (and so
+        validated) by :meth:`update_settings`, or ``None`` to prepare one now."""
+        if self._spool.closed:
+            self._spool = self._open_spool(self._settings)
+            self._owns_spool = True
+        with self._cv:
+            if self._client is not None:
+                return
+        if client is None:
+            client = self._prepare_client(self._settings)
+        m = self._settings.mqtt
+        with self._cv:
+            self._client = client
+            self._sender_stop = False
+        if self._sender is None or not self._sender.is_alive():
+            self._sender = threading.Thread(
+                target=self._sender_main, name="edged-mqtt-sender", daemon=True
             )
+            self._sender.start()
+        client.loop_start()
+        log.info(
+            "mqtt_starting",
+            host=m.host,
+            port=m.port,
+            protocol=m.protocol,
+            client_id=m.resolved_client_id(self._settings.device.id),
+            tls=m.tls_ca is not None or m.tls_cert is not None,
+            username=m.username or None,
+            base_topic=self._topics.base,
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what the spool can send, publish retained ``offline``, disconnect cleanly.
@@ -407,6 +476,7 @@ class Publisher:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self._persist_owned()  # what the stopped sender had not written yet
             if self._owns_spool:
                 self._spool.close()
 
@@ -481,8 +551,17 @@ class Publisher:
         ``offline`` on the old status topic, then a fresh connection. The spool is kept
         (its file stays where it was opened: a new ``state_dir`` needs a restart).
         Blocks for at most ``timeout`` seconds; call it from an executor.
+
+        All-or-nothing: the new client is built and its connection parameters set first
+        (reading the password file and the TLS files). If that raises
+        (:class:`~edged.errors.ConfigError`, :class:`~edged.errors.PublishError`), the
+        running client, settings and spool bounds are left exactly as they were and the
+        exception propagates, so the daemon can refuse the reload and keep publishing.
         """
         old = self._settings
+        reconnect = _connection_key(settings) != _connection_key(old)
+        # Validate before giving anything up; a client that is never started costs nothing.
+        client = self._prepare_client(settings) if reconnect else None
         if settings.device.state_dir != old.device.state_dir:
             log.warning(
                 "spool_state_dir_change_ignored",
@@ -493,7 +572,7 @@ class Publisher:
         self._spool.set_limits(
             max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
         )
-        if _connection_key(settings) == _connection_key(old):
+        if client is None:
             self._settings = settings
             return
         with self._lifecycle_lock:
@@ -507,9 +586,9 @@ class Publisher:
                 self._sent_state.clear()
                 # Moved or disabled discovery and state: emptied on the next connection.
                 self._reconcile()
-        log.info("mqtt_settings_changed", reconnecting=running)
-        if running:
-            self.start()
+            log.info("mqtt_settings_changed", reconnecting=running)
+            if running:
+                self._start_locked(client)
 
     # -- publishing API ----------------------------------------------------------------------
 
@@ -605,7 +684,7 @@ class Publisher:
         if cleared:
             self._clear_topics.difference_update(cleared)
             self._owned.difference_update(cleared)
-            self._save_owned()
+            self._mark_owned_dirty()
             log.info("retained_topics_cleared", topics=cleared)
 
     def _send_discovery(self) -> None:
@@ -851,15 +930,15 @@ class Publisher:
                 discovery_due, self._discovery_due = self._discovery_due, False
             try:
                 self._process_acks()
-                if not connected:
-                    continue
-                if gen != my_gen:
-                    my_gen, cursor = gen, 0
-                    self._announce_connection()
-                elif discovery_due:
-                    with self._state_lock:
-                        self._send_discovery()
-                cursor = self._drain(my_gen, cursor)
+                if connected:
+                    if gen != my_gen:
+                        my_gen, cursor = gen, 0
+                        self._announce_connection()
+                    elif discovery_due:
+                        with self._state_lock:
+                            self._send_discovery()
+                    cursor = self._drain(my_gen, cursor)
+                self._persist_owned()
             except Exception as exc:  # keep the sender alive through disk/broker trouble
                 with self._cv:
                     self._last_error = f"sender: {exc}"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 from edged.config import Settings, build_settings
-from edged.errors import PublishError
+from edged.errors import ConfigError, EdgedError, PublishError
 from edged.publishing import Publisher, discovery_unique_id
 
 DEVICE = "dev1"
@@ -658,6 +659,96 @@ def test_update_settings_moves_to_another_broker_keeping_the_spool(
         rec2.close()
     finally:
         other.kill()
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"username": "edge", "password_file": "missing.secret"}, ConfigError),
+        ({"tls_ca": "missing-ca.pem"}, PublishError),
+    ],
+    ids=["unreadable-password-file", "missing-tls-ca"],
+)
+def test_a_reload_whose_client_cannot_be_built_is_refused_and_the_old_connection_keeps_running(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+    bad: dict[str, str],
+    error: type[EdgedError],
+) -> None:
+    good = make_settings(tmp_path / "state", mqtt_broker, spool_max_events=1000)
+    pub = start(publishers, good)
+    recorder.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
+    bad = {k: str(tmp_path / v) if k != "username" else v for k, v in bad.items()}
+    with pytest.raises(error, match="missing"):
+        pub.update_settings(
+            make_settings(tmp_path / "state", mqtt_broker, spool_max_events=5, **bad)
+        )
+    assert pub.connected
+    pub.publish_event("door", {"seq": 0})
+    msgs = recorder.wait_for(lambda m: len(events_on(m)) == 1, what="event after refusal")
+    assert b"offline" not in [m.payload for m in msgs if m.topic == f"{BASE}/status"]
+    for seq in range(1, 8):  # the refused reload's spool bound (5) was not applied either
+        pub.publish_event("door", {"seq": seq})
+    recorder.wait_for(lambda m: len(events_on(m)) == 8, what="events after refusal")
+    assert pub.stats()["spool_dropped"] == 0
+    # The same publisher still reloads normally afterwards.
+    pub.update_settings(make_settings(tmp_path / "state", mqtt_broker, client_id="renamed"))
+    recorder.wait_for(has_payload(f"{BASE}/status", b"offline"), what="offline on reconnect")
+    wait_until(lambda: pub.connected, what="reconnected with the good reload")
+
+
+def test_state_and_discovery_calls_return_while_another_thread_holds_the_spool_lock(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+) -> None:
+    """The daemon calls these on its event loop; the spool lock can be held through an
+    fsync (``put``), which takes tens to hundreds of ms on an SD card."""
+    pub = start(publishers, make_settings(tmp_path, mqtt_broker))
+    recorder.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
+    wait_until(lambda: pub.connected, what="connected")
+    held, release, gave_up = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_spool_lock() -> None:
+        with pub.spool._lock:
+            held.set()
+            if not release.wait(2.0):
+                gave_up.set()  # set before the lock is let go
+
+    holder = threading.Thread(target=hold_spool_lock)
+    holder.start()
+    try:
+        assert held.wait(5)
+        began = time.monotonic()
+        # Each of these makes this device own a new retained topic (a spool write).
+        pub.publish_state("door", "happy", {"faces": 1})
+        pub.publish_discovery(["door", "hall"])
+        pub.publish_state("hall", "sad", {"faces": 2})
+        pub.publish_discovery(["door"])  # hall's topics cleared: another owned change
+        assert pub.publish_heartbeat({"uptime_s": 1}) is True
+        assert pub.publish_config_result(True, None) is True
+        elapsed = time.monotonic() - began
+        returned_while_held = not gave_up.is_set()
+    finally:
+        release.set()
+        holder.join()
+    assert returned_while_held, "a publish_* call waited for the spool lock"
+    assert elapsed < 0.5
+    recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="door state")
+    recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b""), what="hall state cleared")
+
+    def owned() -> set[str]:
+        return set(json.loads(pub.spool.get_value("retained_topics") or "[]"))
+
+    door = {
+        f"{BASE}/door/emotion",
+        f"{BASE}/door/attributes",
+        "homeassistant/sensor/edged_dev1_door_emotion/config",
+    }
+    wait_until(lambda: owned() == door, what="owned topics persisted by the sender")
 
 
 # -- payloads and validation (no broker needed) ------------------------------------------------
