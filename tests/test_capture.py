@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,18 +138,37 @@ def test_taken_plus_dropped_accounts_for_every_frame_read(
     tmp_path: Path, cameras: list[Camera]
 ) -> None:
     video = write_video(tmp_path / "v.avi", frames=30, fps=100.0)
-    cam = start(cameras, settings(video, realtime=True))
+    put = threading.Condition()
+    newest = [-1]  # seq of the newest frame the camera put into its mailbox
+
+    def on_frame(frame: Frame) -> None:
+        with put:
+            newest[0] = frame.seq
+            put.notify_all()
+
+    def camera_put(seq: int) -> bool:
+        with put:
+            return put.wait_for(lambda: newest[0] >= seq, WAIT)
+
+    cam = Camera(settings(video, realtime=True), on_frame=on_frame)
+    cameras.append(cam)
+    cam.start()
     taken: list[Frame] = []
+    # A consumer always one frame behind, by events rather than by sleeping: after taking
+    # frame k it lets the camera put k+1 and k+2 before taking again, so k+1 is overwritten
+    # unseen. A realtime camera never waits for its consumer, so this cannot block it.
     # wait() returns None once the camera finished and its last frame was taken.
     while (frame := cam.wait(WAIT)) is not None:
         taken.append(frame)
-        time.sleep(0.03)  # a consumer slower than the 100 fps source
+        assert camera_put(min(frame.seq + 2, 29)), cam.stats()
     stats = cam.stats()
     assert stats["state"] == "finished"
-    assert stats["dropped_frames"] > 0
-    assert len(taken) + stats["dropped_frames"] == stats["frames_in"] == 30
     seqs = [f.seq for f in taken]
     assert seqs == sorted(seqs) and seqs[-1] == 29
+    # Each take before frame 28 skipped at least one frame.
+    assert all(b - a >= 2 for a, b in itertools.pairwise(seqs) if a < 28)
+    assert 0 < stats["dropped_frames"] == 30 - len(taken)
+    assert len(taken) + stats["dropped_frames"] == stats["frames_in"] == 30
 
 
 def test_loop_rewinds_at_end_of_file(tmp_path: Path, cameras: list[Camera]) -> None:
