@@ -21,7 +21,7 @@ import pytest
 from mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 from edged.config import Settings, build_settings
-from edged.errors import ConfigError, EdgedError, PublishError
+from edged.errors import ConfigError, EdgedError, PublishError, SpoolError
 from edged.publishing import Publisher, discovery_unique_id
 
 DEVICE = "dev1"
@@ -749,6 +749,38 @@ def test_state_and_discovery_calls_return_while_another_thread_holds_the_spool_l
         "homeassistant/sensor/edged_dev1_door_emotion/config",
     }
     wait_until(lambda: owned() == door, what="owned topics persisted by the sender")
+
+
+def test_owned_topics_that_fail_to_save_are_saved_again_by_the_sender(
+    tmp_path: Path,
+    mqtt_broker: MosquittoBroker,
+    recorder: MqttRecorder,
+    publishers: list[Publisher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pub = start(publishers, make_settings(tmp_path, mqtt_broker))
+    wait_until(lambda: pub.connected, what="connected")
+    real_set_value = pub.spool.set_value
+    failures: list[str] = []
+
+    def flaky_set_value(key: str, value: str) -> None:  # failure injection: a full disk
+        if len(failures) < 2:
+            failures.append(key)
+            raise SpoolError("disk full")
+        real_set_value(key, value)
+
+    monkeypatch.setattr(pub.spool, "set_value", flaky_set_value)
+    pub.publish_state("door", "happy", {"faces": 1})
+    recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="state published")
+
+    def owned() -> set[str]:
+        return set(json.loads(pub.spool.get_value("retained_topics") or "[]"))
+
+    wait_until(
+        lambda: {f"{BASE}/door/emotion", f"{BASE}/door/attributes"} <= owned(),
+        what="owned topics saved after the failures",
+    )
+    assert failures == ["retained_topics", "retained_topics"]
 
 
 # -- payloads and validation (no broker needed) ------------------------------------------------
