@@ -68,8 +68,11 @@ def analyze_file(
                 f"--providers: unknown provider(s) {', '.join(unknown)}; "
                 f"known: {', '.join(ORT_NAMES)}"
             )
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a directory, not an image or video file")
     if not path.is_file():
-        raise CaptureError(f"{path}: no such file")
+        # Only regular files: a FIFO would block the read, a device node is a camera.
+        raise CaptureError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
 
     # Read before loading any model: a wrong path should fail in milliseconds, not seconds.
     capture: cv2.VideoCapture | None = None
@@ -116,7 +119,16 @@ def frame_json(pipe: Pipeline, result: FrameResult) -> dict[str, Any]:
 
 
 def _read_image(path: Path) -> Image | None:
-    data = np.fromfile(str(path), np.uint8)  # imread cannot report why; this reads any path
+    """The decoded image, or None when the bytes are not an image.
+
+    The bytes are read here rather than by ``cv2.imread``, which cannot say why it failed
+    (and not all OpenCV builds read non-ASCII paths); an unreadable file (permissions, a
+    directory, an I/O error) is a CaptureError naming it instead of a bare OSError.
+    """
+    try:
+        data = np.fromfile(str(path), np.uint8)
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
     if data.size == 0:
         return None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)

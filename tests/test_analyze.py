@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
+from edged.analyze import _read_image
+from edged.errors import CaptureError
 
 CONTRACT_FACE_KEYS = {"bbox", "score", "landmarks", "emotion", "confidence", "scores"}
 
@@ -153,3 +157,19 @@ def test_unknown_provider_is_refused(tmp_path: Path, images: Path, models_dir: P
     )  # fmt: skip
     assert proc.returncode == 1
     assert "unknown provider(s) gpu" in proc.stderr
+
+
+def test_a_directory_is_a_clear_error_naming_it(tmp_path: Path, models_dir: Path) -> None:
+    folder = tmp_path / "photos.jpg"
+    folder.mkdir()
+    proc = edged("analyze", folder, "--models-dir", models_dir, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert f"error: {folder}: is a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_file_that_cannot_be_read_is_a_capture_error_naming_it(tmp_path: Path) -> None:
+    # As root no permission bit stops a read; a directory is an unreadable path for anyone.
+    with pytest.raises(CaptureError, match=re.escape(f"{tmp_path}: cannot read it: ")):
+        _read_image(tmp_path)
