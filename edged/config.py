@@ -104,7 +104,7 @@ class MqttSettings(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_insecure: bool = False
-    heartbeat_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=30.0, ge=1)
     homeassistant: bool = True
     homeassistant_prefix: str = "homeassistant"
     remote_config: bool = False
@@ -386,6 +386,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def build_settings(data: Mapping[str, Any], source: str = "<config>") -> Settings:
     """Validate plain data (file contents, possibly merged with a change) into Settings."""
+    # pydantic-settings matches top-level names case-insensitively (for the environment);
+    # in a file or a remote change ``[MQTT]`` is an unknown key, not an alias.
+    unknown = [str(k) for k in data if k not in Settings.model_fields]
+    if unknown:
+        raise ConfigError("\n".join(f"{source}: {k}: unknown key" for k in unknown))
     try:
         return Settings(**dict(data))
     except ValidationError as exc:

@@ -3,15 +3,19 @@
 One asyncio loop owns the schedule and everything cheap (tracking, smoothing, building
 payloads, the health server). Everything that blocks runs elsewhere:
 
-- each camera reads in its own thread and keeps only its newest frame (``edged.capture``);
+- each camera reads in its own thread and keeps only its newest frame (``edged.capture``)
+  and wakes the loop when one arrives;
 - inference runs on ONE worker thread: the loop collects the newest frame of every camera
   that is due under its fps cap and hands them over as one batch, and never submits the
   next batch before the previous one finished, so there is no queue to grow;
 - the MQTT client has paho's network thread, and every event goes through the durable
-  spool first (``edged.publishing``).
+  spool first (``edged.publishing``);
+- model builds, camera joins and MQTT reconnects run on short-lived daemon threads, so a
+  TensorRT build or a stuck driver can never hold the process at exit.
 
-Reload (SIGHUP or ``config/set``) validates the new settings completely before touching
-anything; a change that cannot be applied leaves the running config in place and says why.
+Reload (SIGHUP or ``config/set``) validates the new settings and prepares everything that
+can fail (models, the MQTT client) before it changes anything; a change that cannot be
+applied leaves the running config in place and says why.
 """
 
 from __future__ import annotations
@@ -20,62 +24,86 @@ import asyncio
 import contextlib
 import hmac
 import json
+import queue
+import re
 import signal
+import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from edged import __version__
-from edged.capture import Camera
-from edged.catalog import PHASES
+from edged.capture import Camera, Frame, parse_source, redact_source
 from edged.config import (
     CameraSettings,
     Settings,
+    SmoothingSettings,
     build_settings,
     iter_keys,
     load_settings,
     merge_config,
     settings_data,
 )
+from edged.detection.common import Limits
 from edged.errors import ConfigError, EdgedError
 from edged.health import HealthServer, Metrics
 from edged.loader import session_factory
-from edged.pipeline import Pipeline, build_pipeline
+from edged.pipeline import FrameResult, Pipeline, build_pipeline
 from edged.publishing import Publisher
 from edged.sdnotify import Notifier
 from edged.tracking import Tracker
 
 log = structlog.get_logger(__name__)
 
-#: Keys a remote ``config/set`` may never change: where files are read or written, the
-#: broker credentials, the health bind address, and the remote-config guard itself.
-REMOTE_FORBIDDEN: tuple[str, ...] = (
-    "device.",
-    "models.dir",
-    "mqtt.host",
-    "mqtt.port",
-    "mqtt.username",
-    "mqtt.password",
-    "mqtt.password_file",
-    "mqtt.client_id",
-    "mqtt.tls_",
-    "mqtt.remote_config",
-    "mqtt.topic_prefix",
+T = TypeVar("T")
+
+#: The only keys a remote ``config/set`` may change (an allow-list, so a key added later is
+#: refused until someone decides it is safe): what runs and how, never where files are
+#: read or written, the broker connection and credentials, or the health bind address.
+REMOTE_ALLOWED: tuple[str, ...] = (
+    "pipeline.",
+    "smoothing.",
+    "cameras",
+    "mqtt.heartbeat_s",
+    "mqtt.homeassistant",
+    "health.stale_after_s",
+)
+#: ``mqtt.homeassistant_prefix`` would let a remote sender write retained messages into
+#: another topic tree: the prefix match above must not admit it.
+REMOTE_DENIED: tuple[str, ...] = ("mqtt.homeassistant_prefix",)
+
+#: Keys only a restart can change: who the daemon is, where its state lives, and the
+#: health server's socket.
+RESTART_ONLY: tuple[str, ...] = (
+    "device.id",
+    "device.state_dir",
+    "health.enabled",
     "health.host",
     "health.port",
-    "health.enabled",
 )
 
-#: Keys only a restart can change (they name the daemon or where its state lives).
-RESTART_ONLY: tuple[str, ...] = ("device.id", "device.state_dir")
+#: Pipeline keys that need the models rebuilt; the others are applied in place.
+MODEL_KEYS: tuple[str, ...] = (
+    "phase",
+    "detector",
+    "classifier",
+    "providers",
+    "tensorrt_fp16",
+    "intra_op_threads",
+    "det_size",
+    "crop",
+)
 
 SHUTDOWN_TIMEOUT_S = 10.0
+#: The loop wakes at least this often without frames (to expire tracks of dead cameras).
+IDLE_TICK_S = 0.25
+_VIDEO_DEVICE = re.compile(r"/dev/video\d+")
 
 
 def run_daemon(settings: Settings, config_path: Path | None) -> int:
@@ -85,6 +113,57 @@ def run_daemon(settings: Settings, config_path: Path | None) -> int:
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call on a fresh daemon thread (never joined at interpreter exit)."""
+    future: Future[T] = Future()
+
+    def target() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    name = f"edged-{getattr(fn, '__name__', 'call')}"
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await asyncio.wrap_future(future)
+
+
+_Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class Worker:
+    """One daemon thread running submitted calls in order (the inference thread).
+
+    A ThreadPoolExecutor would be joined at interpreter exit, so a stuck ``session.run``
+    would hold a stopping daemon until systemd kills it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        self._queue.put(None)
 
 
 @dataclass
@@ -106,8 +185,18 @@ class CameraSlot:
 @dataclass
 class _Runtime:
     started: float = field(default_factory=time.monotonic)
-    last_batch_done: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
+
+
+#: The heartbeat's per-camera fields (the contract's list).
+HEARTBEAT_CAMERA_KEYS = (
+    "state",
+    "fps_in",
+    "fps_processed",
+    "faces",
+    "dropped_frames",
+    "last_frame_age_s",
+)
 
 
 class Daemon:
@@ -123,20 +212,23 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.health: HealthServer | None = None
         self.rt = _Runtime()
-        # One inference thread: batches are serialised, so nothing queues behind it.
-        self._infer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-infer")
-        # Blocking housekeeping (building models, joining camera threads) runs here.
-        self._blocking = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edged-io")
+        self.exit_code = 0
+        self._infer: Worker | None = None
         self._stop = asyncio.Event()
+        self._frame_ready = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
-        self._install_signals()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self.request_stop)
         log.info(
             "daemon_starting",
             version=__version__,
@@ -144,12 +236,28 @@ class Daemon:
             phase=self.settings.pipeline.phase,
             config=str(self.config_path) if self.config_path else None,
         )
+        self._infer = Worker("edged-infer")
+        # Starting can take minutes (TensorRT builds): SIGTERM must still stop it.
+        start = asyncio.create_task(self._start(), name="start")
+        stop = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EdgedError):
+                await start
+            log.info("daemon_start_cancelled")
+            await self._shutdown()
+            return 0
+        stop.cancel()
         try:
-            await self._start()
+            start.result()
         except EdgedError as exc:
             log.error("daemon_start_failed", error=str(exc))
             await self._shutdown()
             raise
+        self._started = True
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self.notifier.ready(status=self._status_line())
         log.info("daemon_ready", cameras=list(self.cameras), models=self._models())
         self._tasks = [
@@ -157,32 +265,47 @@ class Daemon:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
         await self._stop.wait()
         log.info("daemon_stopping")
         self.notifier.stopping()
         await self._shutdown()
-        log.info("daemon_stopped")
-        return 0
+        log.info("daemon_stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _install_signals(self) -> None:
-        assert self._loop is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                self._loop.add_signal_handler(sig, self.request_stop)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            self._loop.add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_from_file())
-            )
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A loop that dies is fatal: stop with an error so systemd restarts us."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        if exc is None:  # finished on purpose (the watchdog loop without a watchdog)
+            return
+        log.error("task_died", task=task.get_name(), error=repr(exc), exc_info=exc)
+        self.exit_code = 1
+        self._stop.set()
+
+    def _spawn_reload(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _reload_signal(self) -> None:
+        self._spawn_reload(self.reload_from_file())
 
     async def _start(self) -> None:
         s = self.settings
-        s.device.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            s.device.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgedError(
+                f"device.state_dir {s.device.state_dir}: cannot create: {exc.strerror or exc}"
+            ) from exc
         self.pipeline = await self._build_pipeline(s)
-        self.publisher = Publisher(s)
-        self.publisher.on_config_set = self._on_config_set_threadsafe
+        self.publisher = Publisher(s, on_config_set=self._on_config_set_threadsafe)
         self.publisher.start()
         for cam in s.enabled_cameras():
             self._add_camera(cam)
@@ -196,69 +319,83 @@ class Daemon:
         """READY means cameras were opened: wait until none is still ``starting``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(slot.camera.stats()["state"] != "starting" for slot in self.cameras.values()):
+            if all(slot.camera.state != "starting" for slot in self.cameras.values()):
                 return
             await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:
-        for task in self._tasks:
+        """Bounded: flush tracks, stop cameras together, publish offline, close."""
+        for task in [*self._tasks, *self._reloads]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._reloads]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # A reload that was past its last await holds the lock until it finished applying.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._reload_lock.acquire(), SHUTDOWN_TIMEOUT_S / 4)
         now = time.monotonic()
         for cam_id, slot in list(self.cameras.items()):
             await self._emit_events(cam_id, slot.tracker.flush(now))
         await self._stop_cameras(list(self.cameras))
         if self.publisher is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self._blocking, self.publisher.stop, SHUTDOWN_TIMEOUT_S / 2
-            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    in_thread(self.publisher.stop, SHUTDOWN_TIMEOUT_S / 2), SHUTDOWN_TIMEOUT_S
+                )
         if self.health is not None:
             await self.health.stop()
-        self._infer.shutdown(wait=False, cancel_futures=True)
-        self._blocking.shutdown(wait=False, cancel_futures=True)
+        if self._infer is not None:
+            self._infer.close()
+        self.notifier.close()
 
     # ------------------------------------------------------------------ components
 
     async def _build_pipeline(self, s: Settings) -> Pipeline:
         """Load and warm the models off the loop (TensorRT engine builds take minutes)."""
-        loop = asyncio.get_running_loop()
-        pipeline = await loop.run_in_executor(
-            self._blocking, lambda: build_pipeline(s, session_factory(s))
-        )
+        pipeline = await in_thread(lambda: build_pipeline(s, session_factory(s)))
         log.info("pipeline_loaded", models=pipeline.models, providers=pipeline.providers)
         return pipeline
 
-    def _smoothing_enabled(self, s: Settings) -> bool:
-        return s.smoothing.enabled and PHASES[s.pipeline.phase].smoothing
+    def _tracker_settings(self, s: Settings, pipeline: Pipeline | None) -> SmoothingSettings:
+        """The phase decides whether smoothing runs (sota_phase1 has none)."""
+        loaded = pipeline.loaded if pipeline is not None else None
+        phase_smooths = loaded.smoothing if loaded is not None else True
+        return s.smoothing.model_copy(update={"enabled": s.smoothing.enabled and phase_smooths})
 
-    def _tracker_settings(self, s: Settings) -> Any:
-        return s.smoothing.model_copy(update={"enabled": self._smoothing_enabled(s)})
+    def _new_tracker(self, cam_id: str) -> Tracker:
+        return Tracker(
+            self._tracker_settings(self.settings, self.pipeline), cam_id, self.settings.device.id
+        )
 
     def _add_camera(self, cam: CameraSettings) -> None:
-        camera = Camera(cam)
-        tracker = Tracker(self._tracker_settings(self.settings), cam.id, self.settings.device.id)
+        loop = self._loop
+        assert loop is not None
+
+        def wake(_frame: Frame) -> None:
+            loop.call_soon_threadsafe(self._frame_ready.set)
+
+        camera = Camera(cam, on_frame=wake)
         camera.start()
-        self.cameras[cam.id] = CameraSlot(settings=cam, camera=camera, tracker=tracker)
-        log.info("camera_added", camera=cam.id, source=_safe_source(cam.source), fps=cam.fps)
+        self.cameras[cam.id] = CameraSlot(cam, camera, self._new_tracker(cam.id))
+        log.info("camera_added", camera=cam.id, source=redact_source(cam.source), fps=cam.fps)
 
     async def _stop_cameras(self, ids: list[str]) -> None:
-        loop = asyncio.get_running_loop()
+        """Stop cameras in parallel against one deadline, not one timeout after another."""
         slots = [self.cameras.pop(i) for i in ids if i in self.cameras]
         await asyncio.gather(
-            *(loop.run_in_executor(self._blocking, slot.camera.stop, 5.0) for slot in slots),
-            return_exceptions=True,
+            *(in_thread(slot.camera.stop, 5.0) for slot in slots), return_exceptions=True
         )
 
     # ------------------------------------------------------------------ scheduling
 
     async def _schedule_loop(self) -> None:
         """Collect due frames, run one batch at a time on the inference thread."""
-        loop = asyncio.get_running_loop()
+        assert self._infer is not None
         while True:
+            # Cleared before looking, so a frame arriving meanwhile wakes the wait below.
+            self._frame_ready.clear()
             now = time.monotonic()
-            batch: list[tuple[str, Any]] = []
+            batch: list[tuple[str, CameraSlot, Frame]] = []
             for cam_id, slot in self.cameras.items():
                 if now < slot.next_due:
                     continue
@@ -266,36 +403,33 @@ class Daemon:
                 if frame is None:
                     continue
                 slot.next_due = max(slot.next_due + 1.0 / slot.settings.fps, now)
-                batch.append((cam_id, frame))
-            if not batch or self.pipeline is None:
-                await asyncio.sleep(self._idle_sleep(now))
-                continue
+                batch.append((cam_id, slot, frame))
             pipeline = self.pipeline
+            if not batch or pipeline is None:
+                await self._expire_idle_tracks()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._frame_ready.wait(), self._idle_timeout(now))
+                continue
             self.rt.busy_since = time.monotonic()
             try:
-                results = await loop.run_in_executor(
-                    self._infer, pipeline.process, [f.image for _, f in batch]
-                )
-            except Exception as exc:  # a model failing at run time must not kill the loop
-                log.error("inference_failed", error=str(exc), cameras=[c for c, _ in batch])
-                self.rt.busy_since = None
+                results = await self._infer.run(pipeline.process, [f.image for _, _, f in batch])
+            except EdgedError as exc:  # a model failing at run time must not kill the loop
+                log.error("inference_failed", error=str(exc), cameras=[c for c, _, _ in batch])
                 await asyncio.sleep(0.5)
                 continue
-            self.rt.busy_since = None
-            self.rt.last_batch_done = time.monotonic()
+            finally:
+                self.rt.busy_since = None
             self._record_inference(pipeline, results)
-            for (cam_id, frame), result in zip(batch, results, strict=True):
-                target = self.cameras.get(cam_id)
-                if target is None:  # removed by a reload while the batch ran
+            for (cam_id, slot, frame), result in zip(batch, results, strict=True):
+                if self.cameras.get(cam_id) is not slot:  # removed or replaced by a reload
                     continue
-                await self._after_frame(cam_id, target, frame, result)
+                await self._after_frame(cam_id, slot, frame, result)
             await self._expire_idle_tracks()
 
-    def _idle_sleep(self, now: float) -> float:
-        dues = [s.next_due for s in self.cameras.values()]
-        if not dues:
-            return 0.1
-        return min(max(min(dues) - now, 0.002), 0.05)
+    def _idle_timeout(self, now: float) -> float:
+        """Until the next camera is due under its fps cap, at most IDLE_TICK_S."""
+        future = [s.next_due - now for s in self.cameras.values() if s.next_due > now]
+        return min([IDLE_TICK_S, *future]) if future else IDLE_TICK_S
 
     async def _expire_idle_tracks(self) -> None:
         """End the tracks of cameras that stopped delivering frames (dead source, EOF).
@@ -311,7 +445,9 @@ class Daemon:
                 await self._emit_events(cam_id, events)
                 self._publish_state(cam_id, slot)
 
-    async def _after_frame(self, cam_id: str, slot: CameraSlot, frame: Any, result: Any) -> None:
+    async def _after_frame(
+        self, cam_id: str, slot: CameraSlot, frame: Frame, result: FrameResult
+    ) -> None:
         now = time.monotonic()
         if slot.last_processed:
             inst = 1.0 / max(now - slot.last_processed, 1e-6)
@@ -358,7 +494,8 @@ class Daemon:
             try:
                 await self.publisher.publish_event_async(cam_id, event)
             except EdgedError as exc:  # spool unwritable: say so loudly, keep running
-                log.error("event_spool_failed", camera=cam_id, error=str(exc))
+                log.error("event_spool_failed", camera=cam_id, id=event.get("id"), error=str(exc))
+                continue
             log.info(
                 "emotion_event",
                 id=event.get("id"),
@@ -369,7 +506,7 @@ class Daemon:
                 confidence=event.get("confidence"),
             )
 
-    def _record_inference(self, pipeline: Pipeline, results: list[Any]) -> None:
+    def _record_inference(self, pipeline: Pipeline, results: list[FrameResult]) -> None:
         """Per-frame detection times, and the batch's crop/classify/post times once."""
         det = pipeline.detector.name
         for result in results:
@@ -385,10 +522,19 @@ class Daemon:
     # ------------------------------------------------------------------ heartbeat/health
 
     async def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
+        last = 0.0
+        was_connected = False
         while True:
             if self.publisher is not None:
-                self.publisher.publish_heartbeat(self.heartbeat())
-            await asyncio.sleep(self.settings.mqtt.heartbeat_s)
+                connected = self.publisher.connected
+                now = time.monotonic()
+                due = now - last >= self.settings.mqtt.heartbeat_s
+                if connected and (due or not was_connected):
+                    self.publisher.publish_heartbeat(self.heartbeat())
+                    last = now
+                was_connected = connected
+            await asyncio.sleep(min(self.settings.mqtt.heartbeat_s, 0.5))
 
     async def _watchdog_loop(self) -> None:
         """Ping systemd's watchdog only while the loop and the inference thread make progress."""
@@ -396,13 +542,16 @@ class Daemon:
         if interval is None:
             return
         while True:
-            busy = self.rt.busy_since
-            busy_s = time.monotonic() - busy if busy is not None else 0.0
+            busy_s = self.inference_busy_s()
             if busy_s > 4 * interval:
                 log.error("watchdog_withheld", reason="inference thread stuck", busy_s=busy_s)
             else:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    def inference_busy_s(self) -> float:
+        busy = self.rt.busy_since
+        return time.monotonic() - busy if busy is not None else 0.0
 
     def _models(self) -> dict[str, Any]:
         """Loaded model name → the execution provider it actually runs on."""
@@ -418,7 +567,8 @@ class Daemon:
     def camera_stats(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for cam_id, slot in self.cameras.items():
-            st = dict(slot.camera.stats())
+            st = slot.camera.stats()
+            age = st.get("last_frame_age_s")
             out[cam_id] = {
                 "state": st.get("state"),
                 "fps_in": round(float(st.get("fps_in") or 0.0), 2),
@@ -427,14 +577,17 @@ class Daemon:
                 "frames_in": st.get("frames_in", 0),
                 "frames_processed": slot.frames_processed,
                 "dropped_frames": st.get("dropped_frames", 0),
-                "last_frame_age_s": st.get("last_frame_age_s"),
+                "last_frame_age_s": round(age, 3) if isinstance(age, float) else age,
                 "reconnects": st.get("reconnects", 0),
                 "last_error": st.get("last_error"),
             }
         return out
 
+    def _spool(self, mqtt: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pending": mqtt.get("spool_pending", 0), "dropped": mqtt.get("spool_dropped", 0)}
+
     def heartbeat(self) -> dict[str, Any]:
-        pub = self.publisher.stats() if self.publisher else {}
+        mqtt = self.publisher.stats() if self.publisher else {}
         return {
             "schema": 1,
             "ts": utc_now_iso(),
@@ -446,25 +599,10 @@ class Daemon:
             "providers": self._models(),
             "fallbacks": self._fallbacks(),
             "cameras": {
-                cid: {
-                    k: v
-                    for k, v in st.items()
-                    if k
-                    in (
-                        "state",
-                        "fps_in",
-                        "fps_processed",
-                        "faces",
-                        "dropped_frames",
-                        "last_frame_age_s",
-                    )
-                }
+                cid: {k: st[k] for k in HEARTBEAT_CAMERA_KEYS}
                 for cid, st in self.camera_stats().items()
             },
-            "spool": {
-                "pending": pub.get("spool_pending", 0),
-                "dropped": pub.get("spool_dropped", 0),
-            },
+            "spool": self._spool(mqtt),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -479,13 +617,8 @@ class Daemon:
             "fallbacks": self._fallbacks(),
             "cameras": self.camera_stats(),
             "mqtt": mqtt,
-            "spool": {
-                "pending": mqtt.get("spool_pending", 0),
-                "dropped": mqtt.get("spool_dropped", 0),
-            },
-            "inference_busy_s": (
-                time.monotonic() - self.rt.busy_since if self.rt.busy_since is not None else 0.0
-            ),
+            "spool": self._spool(mqtt),
+            "inference_busy_s": self.inference_busy_s(),
         }
 
     # ------------------------------------------------------------------ reload
@@ -494,9 +627,7 @@ class Daemon:
         """SIGHUP: re-read the config file; an invalid one keeps the running config."""
         self.notifier.reloading()
         try:
-            new, _ = await asyncio.get_running_loop().run_in_executor(
-                self._blocking, load_settings, self.config_path
-            )
+            new, _ = await in_thread(load_settings, self.config_path)
             await self.apply(new, source="sighup")
         except EdgedError as exc:
             log.error("config_reload_rejected", source="sighup", reason=str(exc))
@@ -507,10 +638,18 @@ class Daemon:
         """Called on paho's thread: hand the payload to the loop."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.remote_config(payload)))
+            loop.call_soon_threadsafe(self._spawn_reload, self.remote_config(payload))
 
     async def remote_config(self, payload: bytes) -> None:
-        """``config/set``: validate the guard, merge, validate, apply; answer on config/result."""
+        """``config/set``: validate the guard, merge, validate, apply; answer on config/result.
+
+        Ignored (logged, not answered) while ``[mqtt] remote_config`` is off or the daemon
+        is still starting.
+        """
+        if not self.settings.mqtt.remote_config or not self._started:
+            why = "remote_config is off" if self._started else "starting"
+            log.info("config_set_ignored", reason=why)
+            return
         try:
             change = self.check_remote_change(payload)
             merged = merge_config(settings_data(self.settings), change)
@@ -525,7 +664,7 @@ class Daemon:
             self.publisher.publish_config_result(True, None)
 
     def check_remote_change(self, payload: bytes) -> dict[str, Any]:
-        """The guard of the contract: enabled, token, and nothing that touches files or creds."""
+        """The guard of the contract: enabled, token, and only the allowed keys."""
         mqtt = self.settings.mqtt
         if not mqtt.remote_config:
             raise ConfigError("remote configuration is disabled ([mqtt] remote_config = false)")
@@ -540,7 +679,8 @@ class Daemon:
         if token and not (isinstance(given, str) and hmac.compare_digest(given, token)):
             raise ConfigError("config/set refused: missing or wrong token")
         for key in iter_keys(change):
-            if any(key == f or key.startswith(f) for f in REMOTE_FORBIDDEN):
+            allowed = any(key == a or key.startswith(a) for a in REMOTE_ALLOWED)
+            if not allowed or any(key.startswith(d) for d in REMOTE_DENIED):
                 raise ConfigError(f"config/set may not change {key}")
         cameras = change.get("cameras")
         if cameras is not None:
@@ -556,7 +696,7 @@ class Daemon:
     def _check_remote_source(self, source: str) -> None:
         """Remote cameras may be URLs, devices, or files under the allowed media directory."""
         src = source.strip()
-        if src.isdigit() or src.startswith("/dev/video"):
+        if src.isdigit() or _VIDEO_DEVICE.fullmatch(src):
             return
         if src.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https"):
             return
@@ -573,34 +713,83 @@ class Daemon:
         )
 
     async def apply(self, new: Settings, source: str) -> None:
-        """Apply validated settings without a restart, or raise and change nothing."""
+        """Apply validated settings without a restart, or raise and change nothing.
+
+        Everything that can fail is prepared first (models built and warmed, camera
+        sources parsed, the MQTT client rebuilt); only then is anything switched over.
+        """
         async with self._reload_lock:
             old = self.settings
             for key in RESTART_ONLY:
                 section, name = key.split(".")
                 if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
                     raise ConfigError(f"{key} cannot change while running; restart edged")
+            for cam in new.enabled_cameras():
+                parse_source(cam.source)  # raises a clear error before anything changes
             pipeline = self.pipeline
-            if new.pipeline != old.pipeline or new.models != old.models or self.pipeline is None:
+            rebuild = (
+                pipeline is None
+                or new.models != old.models
+                or any(getattr(new.pipeline, k) != getattr(old.pipeline, k) for k in MODEL_KEYS)
+            )
+            if rebuild:
                 # Build first: a change whose models do not load is refused as a whole.
                 pipeline = await self._build_pipeline(new)
+            if self._stop.is_set():
+                raise ConfigError("edged is stopping")
+            if self.publisher is not None and new.mqtt != old.mqtt:
+                # Builds the new client before dropping the old one; raises on bad creds/TLS.
+                await in_thread(self.publisher.update_settings, new)
+            # ---- nothing below can fail on bad input: switch over.
+            assert pipeline is not None
+            if not rebuild:
+                self._update_pipeline_in_place(pipeline, new)
+            labels_changed = self._labels(pipeline) != self._labels(self.pipeline)
             self.settings = new
             self.pipeline = pipeline
-            tracker_settings = self._tracker_settings(new)
-            for slot in self.cameras.values():
-                slot.tracker.configure(tracker_settings)
-            if self.publisher is not None and new.mqtt != old.mqtt:
-                # May reconnect (offline on the old topic, wait for paho's thread): off-loop.
-                await asyncio.get_running_loop().run_in_executor(
-                    self._blocking, self.publisher.update_settings, new
-                )
+            self.metrics.stale_after_s = new.health.stale_after_s
+            if self.health is not None:
+                self.health.settings = new.health
+            await self._apply_trackers(labels_changed)
             await self._apply_cameras(old, new)
             log.info(
                 "config_reloaded",
                 source=source,
                 cameras=list(self.cameras),
                 models=self._models(),
+                models_rebuilt=rebuild,
             )
+
+    @staticmethod
+    def _labels(pipeline: Pipeline | None) -> tuple[str, ...]:
+        if pipeline is None or pipeline.classifier is None:
+            return ()
+        return tuple(pipeline.classifier.labels)
+
+    @staticmethod
+    def _update_pipeline_in_place(pipeline: Pipeline, new: Settings) -> None:
+        """Thresholds and batching change without reloading (or re-warming) any model."""
+        p = new.pipeline
+        pipeline.crop_margin = p.crop_margin
+        pipeline.max_batch = p.max_batch
+        detector = pipeline.detector
+        spec = getattr(detector, "spec", None)
+        default = spec.default_threshold if spec is not None else 0.5
+        if hasattr(detector, "limits"):
+            detector.limits = Limits(
+                p.det_threshold or default, p.nms_threshold, p.min_face_px, p.max_faces
+            )
+
+    async def _apply_trackers(self, labels_changed: bool) -> None:
+        """New smoothing settings keep tracks; a classifier with other labels restarts them."""
+        settings = self._tracker_settings(self.settings, self.pipeline)
+        now = time.monotonic()
+        for cam_id, slot in self.cameras.items():
+            if labels_changed:
+                await self._emit_events(cam_id, slot.tracker.flush(now))
+                slot.tracker = self._new_tracker(cam_id)
+            else:
+                slot.tracker.configure(settings)
 
     async def _apply_cameras(self, old: Settings, new: Settings) -> None:
         before = {c.id: c for c in old.enabled_cameras()}
@@ -620,11 +809,4 @@ class Daemon:
             self.publisher.publish_discovery(list(self.cameras))
 
 
-def _safe_source(source: str) -> str:
-    """A camera source for logs, with any password in a URL masked."""
-    if "://" in source and "@" in source.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = source.split("://", 1)
-        creds, host = rest.split("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return source
+__all__ = ["Daemon", "in_thread", "run_daemon"]

@@ -118,6 +118,9 @@ def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
     models = snapshot.get("models") or {}
     if not models:
         failing.append("no model loaded")
+    busy = snapshot.get("inference_busy_s")
+    if isinstance(busy, (int, float)) and busy > stale_after_s:
+        failing.append(f"inference stalled: one batch has run for {busy:.1f}s")
     cameras: Mapping[str, Mapping[str, Any]] = snapshot.get("cameras") or {}
     cam_checks: dict[str, Any] = {}
     down: list[str] = []

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -309,7 +308,41 @@ def test_kill_9_leaves_the_retained_offline_will(
     d.wait(10)
     # keepalive 5 s: the broker gives up on the client after 1.5 × keepalive.
     rec.wait_for(status_is(b"offline"), 20, "last will")
-    assert rec.last(f"edged/{DEVICE}/status").retain or True  # live delivery of a retained will
+    rec.close()
+    # The will is retained: a subscriber arriving later still learns the device is offline.
+    late = MqttRecorder(mqtt_broker.host, mqtt_broker.port, [f"edged/{DEVICE}/status"])
+    try:
+        got = late.wait_for(lambda ms: bool(ms), 10, "retained status")
+        assert got[-1].payload == b"offline" and got[-1].retain
+    finally:
+        late.close()
+
+
+def test_a_camera_that_ends_on_a_face_still_reports_left_and_state_none(
+    tmp_path: Path, mqtt_broker: MosquittoBroker, models_dir: Path, scene: Scene, daemons: list
+) -> None:
+    cap = cv2.VideoCapture(str(scene.video))
+    frames = [cap.read()[1] for _ in range(15)]
+    cap.release()
+    video = tmp_path / "ends_on_face.avi"
+    write_video(video, frames)
+    rec = MqttRecorder(mqtt_broker.host, mqtt_broker.port, [f"edged/{DEVICE}/cam/#"])
+    rec.wait_subscribed()
+    cfg = write_config(
+        tmp_path / "edged.toml",
+        mqtt_broker,
+        tmp_path / "state",
+        models_dir,
+        cameras=[{"id": "cam", "source": str(video), "fps": FPS}],
+    )
+    d = DaemonProcess(cfg, tmp_path / "daemon.log")
+    daemons.append(d)
+    rec.wait_for(lambda ms: any(e["type"] == "left" for e in events(rec)), 30, "left after EOF")
+    rec.wait_for(
+        lambda ms: rec.payloads(f"edged/{DEVICE}/cam/emotion")[-1:] == [b"none"], 10, "none"
+    )
+    d.signal(signal.SIGTERM)
+    assert d.wait(20) == 0, d.tail()
     rec.close()
 
 
@@ -468,7 +501,7 @@ def test_config_set_and_sighup_apply_valid_changes_and_refuse_invalid_ones(
     assert set(heartbeats(rec)[-1]["cameras"]) == {"cam"}
 
     # Valid: a second camera (same file, allowed dir) appears without a restart.
-    r = ask({"token": "s3cret", "cameras": [cam, {**cam2, "source": "0"}]})
+    r = ask({"token": "s3cret", "cameras": [cam, {**cam2, "source": "/dev/video99"}]})
     assert r["ok"] is True, r
     n = len(heartbeats(rec))
     rec.wait_for(
@@ -647,6 +680,11 @@ def test_remote_config_is_refused_when_disabled(tmp_path: Path) -> None:
         {"health": {"host": "0.0.0.0"}},
         {"cameras": [{"id": "c", "source": "filesrc location=/etc/passwd ! fakesink"}]},
         {"cameras": [{"id": "c", "source": "/etc/passwd"}]},
+        {"cameras": [{"id": "c", "source": "/dev/video0/../../etc/passwd"}]},
+        {"mqtt": {"remote_media_dir": "/"}},
+        {"mqtt": {"homeassistant_prefix": "other"}},
+        {"mqtt": {"spool_max_events": 1}},
+        {"MQTT": {"host": "evil.example"}},
     ],
 )
 def test_remote_config_never_touches_files_credentials_or_bind_address(
@@ -684,11 +722,9 @@ def test_remote_config_allows_urls_devices_and_files_under_the_media_dir(tmp_pat
         )
 
 
-def test_heartbeat_names_models_providers_and_counts_even_before_frames(tmp_path: Path) -> None:
-    hb = _daemon(tmp_path).heartbeat()
-    assert hb["schema"] == 1 and hb["device"] == DEVICE
-    assert hb["spool"] == {"pending": 0, "dropped": 0}
-    assert time.time() > 0
+def test_config_keys_are_case_sensitive_in_files_and_changes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MQTT: unknown key"):
+        build_settings({"MQTT": {"host": "evil"}}, "edged.toml")
 
 
 def test_run_refuses_to_start_without_a_usable_model_and_names_file_and_fix(
