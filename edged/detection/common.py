@@ -8,13 +8,17 @@ here so that the three decoders cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from edged.detection import Detections, FloatArray
 from edged.errors import ModelError, ModelMismatchError
@@ -23,6 +27,12 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
     from edged.catalog import ModelSpec
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+#: Candidates in network-input pixels: boxes (N, 4), scores (N,), landmarks (N, 5, 2).
+Candidates = tuple[FloatArray, FloatArray, FloatArray]
 
 #: Feature-pyramid strides of every supported detector; the padded input is a multiple of
 #: the largest so each level's grid is exact.
@@ -141,6 +151,45 @@ def fixed_input(
     return inputs[0].name, None
 
 
+#: ONNX Runtime's own exception types (``onnxruntime.capi.onnxruntime_pybind11_state``):
+#: each derives from Exception alone, so they are named one by one. Looked up by name
+#: because older runtimes (JetPack's) lack the newer ones (EPFail, EngineError...).
+_ORT_STATUS_ERRORS = (
+    "Fail",
+    "InvalidArgument",
+    "NoSuchFile",
+    "NoModel",
+    "EngineError",
+    "RuntimeException",
+    "InvalidProtobuf",
+    "ModelLoaded",
+    "NotImplemented",
+    "InvalidGraph",
+    "EPFail",
+    "ModelLoadCanceled",
+    "ModelRequiresCompilation",
+    "NotFound",
+    "DeviceReset",
+)
+
+
+@functools.cache
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises when a model cannot be loaded or run.
+
+    Its status exceptions, plus RuntimeError (pybind11's translation of any other C++
+    exception, e.g. a CUDA failure) and ValueError (its Python wrapper's, e.g. a graph whose
+    input names differ from the ones fed). Deliberately not Exception: a TypeError or
+    AttributeError is a bug in edged and must surface as one, not as a model "falling back".
+    Imported lazily so that importing the detectors does not need the runtime.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = (getattr(state, name, None) for name in _ORT_STATUS_ERRORS)
+    status = tuple(t for t in found if isinstance(t, type) and issubclass(t, Exception))
+    return (*status, RuntimeError, ValueError)
+
+
 def run_session(
     spec: ModelSpec,
     session: ort.InferenceSession,
@@ -157,7 +206,7 @@ def run_session(
     """
     try:
         outs = session.run(names, feed)
-    except Exception as exc:  # onnxruntime raises several unrelated types
+    except ort_errors() as exc:
         text = str(exc).strip().splitlines()
         short = text[0][:300] if text else type(exc).__name__
         cls = ModelMismatchError if mismatch else ModelError
@@ -241,3 +290,157 @@ def finish(
         np.ascontiguousarray(scores[order], np.float32),
         np.ascontiguousarray(kps[order], np.float32),
     )
+
+
+def output_names(file: str, declared: Sequence[ort.NodeArg], count: int, what: str) -> list[str]:
+    """The declared output names, or ModelMismatchError when there are not ``count``."""
+    if len(declared) != count:
+        shapes = [(o.name, list(o.shape)) for o in declared]
+        raise ModelMismatchError(
+            f"{file}: expected {count} outputs ({what}), got {len(declared)}: {shapes}"
+        )
+    return [o.name for o in declared]
+
+
+def candidates(
+    boxes: list[FloatArray], scores: list[FloatArray], kps: list[FloatArray]
+) -> Candidates:
+    """Per-level candidate lists joined into float32 arrays (empty ones when none)."""
+    if not scores:
+        return (
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros((0, 5, 2), np.float32),
+        )
+    return (
+        np.concatenate(boxes).astype(np.float32),
+        np.concatenate(scores).astype(np.float32),
+        np.concatenate(kps).astype(np.float32),
+    )
+
+
+#: Input sizes whose anchor grids are kept; a dynamic model fed ever-new frame shapes would
+#: otherwise grow the cache without bound.
+_MAX_CACHED_SHAPES = 64
+
+
+class PerInputSize(Generic[T]):
+    """Values (anchor grids) computed once per network input size, the canonical one eagerly.
+
+    Read without a lock from every pipeline thread: a miss computes the value again and
+    writes it, which is idempotent (the same value whoever writes it).
+    """
+
+    def __init__(self, make: Callable[[int, int], T], in_w: int, in_h: int) -> None:
+        self._make = make
+        self._values: dict[tuple[int, int], T] = {(in_w, in_h): make(in_w, in_h)}
+
+    def get(self, in_w: int, in_h: int) -> T:
+        key = (in_w, in_h)
+        found = self._values.get(key)
+        if found is None:
+            found = self._make(in_w, in_h)
+            if len(self._values) < _MAX_CACHED_SHAPES:
+                self._values[key] = found
+        return found
+
+
+class OnnxDetector:
+    """What every detector family shares: settings, input plan, warm-up, the call itself.
+
+    A family only says which outputs it reads (:meth:`_select_outputs`, from the declared
+    ones), how it reads them (:meth:`_setup` on the warm-up outputs, :meth:`_decode` on
+    each call's) and how pixels are normalised (:attr:`_blob_params`). Sizes, letterboxing,
+    the warm-up run and the mapping back to image pixels live here once, so the families
+    cannot drift apart. ``__call__`` is thread-safe: nothing is mutated after ``__init__``
+    but the idempotent anchor caches.
+    """
+
+    family: ClassVar[str]
+    #: ``(scale, mean, swap_rb)``: the input is ``(pixel - mean) * scale``, RGB if swap_rb.
+    _blob_params: tuple[float, float, bool] = (1.0 / 128.0, 127.5, True)
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        provider: str,
+        *,
+        det_size: int = 640,
+        threshold: float = 0.5,
+        nms_threshold: float = 0.4,
+        min_face_px: int = 20,
+        max_faces: int = 32,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.provider = provider
+        self.limits = Limits(threshold, nms_threshold, min_face_px, max_faces)
+        self._session = session
+        self._file = model_file(spec)
+        self._input, fixed = fixed_input(spec, session)
+        self._plan = InputPlan(fixed, det_size)
+        names = self._select_outputs(session.get_outputs())
+        in_w, in_h = self._plan.canonical
+        started = time.perf_counter()
+        outs = run_session(
+            spec,
+            session,
+            names,
+            {self._input: np.zeros((1, 3, in_h, in_w), np.float32)},
+            mismatch=True,
+        )
+        warm_ms = (time.perf_counter() - started) * 1000
+        #: Output names each call requests, in the order :meth:`_decode` reads them.
+        self._names = self._setup(names, outs, in_w, in_h)
+        log.info(
+            "detector_ready",
+            model=self.name,
+            family=self.family,
+            **self._ready_fields(),
+            provider=provider,
+            input=f"{in_w}x{in_h}" + ("" if fixed else " (dynamic)"),
+            warmup_ms=round(warm_ms, 1),
+        )
+
+    # -- what a family provides ---------------------------------------------------------
+    def _select_outputs(self, declared: Sequence[ort.NodeArg]) -> list[str]:
+        """The outputs to run the warm-up on, after checking the declared ones fit."""
+        raise NotImplementedError
+
+    def _setup(
+        self, names: list[str], outs: list[npt.NDArray[np.float32]], in_w: int, in_h: int
+    ) -> list[str]:
+        """Check the warm-up outputs (concrete shapes), build the decoder; the output
+        names each call requests."""
+        raise NotImplementedError
+
+    def _decode(self, outs: list[npt.NDArray[np.float32]], in_w: int, in_h: int) -> Candidates:
+        """Candidates above the threshold, in network-input pixels."""
+        raise NotImplementedError
+
+    def _ready_fields(self) -> dict[str, Any]:
+        """Extra fields of the ``detector_ready`` log line."""
+        return {}
+
+    # -- shared ---------------------------------------------------------------------------
+    def preprocess(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], Geometry]:
+        """The network input blob for ``image`` and how it was fitted (for mapping back)."""
+        h, w = image.shape[:2]
+        geo = self._plan.geometry(w, h)
+        canvas = letterbox(image, geo)
+        scale, mean, swap_rb = self._blob_params
+        blob = cv2.dnn.blobFromImage(
+            canvas, scale, (geo.in_w, geo.in_h), (mean, mean, mean), swapRB=swap_rb
+        )
+        return np.asarray(blob, np.float32), geo
+
+    def __call__(self, image: npt.NDArray[np.uint8]) -> Detections:
+        check_image(image)
+        h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            return Detections.empty()
+        blob, geo = self.preprocess(image)
+        outs = run_session(self.spec, self._session, self._names, {self._input: blob})
+        boxes, scores, kps = self._decode(outs, geo.in_w, geo.in_h)
+        return finish(boxes, scores, kps, geo, w, h, self.limits)

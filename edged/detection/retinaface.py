@@ -24,27 +24,22 @@ file (``edged analyze --detector retinaface``) before relying on it.
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edged.detection import Detections, FloatArray
+from edged.detection import FloatArray
 from edged.detection.common import (
     STRIDES,
-    Geometry,
-    InputPlan,
-    Limits,
-    check_image,
-    finish,
-    fixed_input,
+    Candidates,
+    OnnxDetector,
+    PerInputSize,
+    candidates,
     grid_centers,
-    letterbox,
-    model_file,
-    run_session,
+    output_names,
 )
 from edged.detection.scrfd import DistanceHead
 from edged.errors import ModelMismatchError
@@ -52,14 +47,11 @@ from edged.errors import ModelMismatchError
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from edged.catalog import ModelSpec
-
 log = structlog.get_logger(__name__)
 
 #: Anchor scales per stride of RetinaFace-R50 ("net3"): anchor side = 16 * scale.
 ANCHOR_SCALES: dict[int, tuple[float, ...]] = {32: (32.0, 16.0), 16: (8.0, 4.0), 8: (2.0, 1.0)}
 ANCHOR_BASE = 16.0
-_MAX_CACHED_SHAPES = 64
 
 
 class AnchorHead:
@@ -95,9 +87,7 @@ class AnchorHead:
             by_key[key] = name
         #: Output names in (cls, bbox, landmark) per stride order.
         self.names = [by_key[(c * a, s)] for s in STRIDES for c in (2, 4, 10)]
-        self._planes: dict[tuple[int, int], list[tuple[FloatArray, FloatArray]]] = {
-            (in_w, in_h): self._make_planes(in_w, in_h)
-        }
+        self.planes = PerInputSize(self._make_planes, in_w, in_h)
 
     def _make_planes(self, in_w: int, in_h: int) -> list[tuple[FloatArray, FloatArray]]:
         """Per stride: anchor centers (cells*A, 2) and anchor sides (cells*A,), order h, w, a."""
@@ -113,21 +103,12 @@ class AnchorHead:
             )
         return planes
 
-    def planes(self, in_w: int, in_h: int) -> list[tuple[FloatArray, FloatArray]]:
-        key = (in_w, in_h)
-        found = self._planes.get(key)
-        if found is None:
-            found = self._make_planes(in_w, in_h)
-            if len(self._planes) < _MAX_CACHED_SHAPES:
-                self._planes[key] = found  # idempotent: same value whoever writes it
-        return found
-
     def decode(
         self, outs: list[npt.NDArray[np.float32]], in_w: int, in_h: int, threshold: float
-    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    ) -> Candidates:
         a = self.anchors
         boxes, scores, kps = [], [], []
-        for level, (centers, sides) in enumerate(self.planes(in_w, in_h)):
+        for level, (centers, sides) in enumerate(self.planes.get(in_w, in_h)):
             # (1, C, H, W) -> (H, W, C): rows in h, w, anchor order like the anchor planes.
             cls, reg, lmk = (outs[3 * level + i][0].transpose(1, 2, 0) for i in range(3))
             score = cls[:, :, a:].reshape(-1)
@@ -141,106 +122,40 @@ class AnchorHead:
             boxes.append(np.concatenate([center - half, center + half], axis=1))
             kps.append(lmk.reshape(-1, 5, 2)[pos] * side[:, :, None] + c[:, None, :])
             scores.append(score[pos])
-        if not scores:
-            return (
-                np.zeros((0, 4), np.float32),
-                np.zeros(0, np.float32),
-                np.zeros((0, 5, 2), np.float32),
-            )
-        return (
-            np.concatenate(boxes).astype(np.float32),
-            np.concatenate(scores).astype(np.float32),
-            np.concatenate(kps).astype(np.float32),
-        )
+        return candidates(boxes, scores, kps)
 
 
-class RetinaFace:
+class RetinaFace(OnnxDetector):
     """RetinaFace face detector (see the module docstring: the anchor layout is unverified)."""
 
     family = "retinaface"
+    layout: Literal["anchor", "distance"]
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        session: ort.InferenceSession,
-        provider: str,
-        *,
-        det_size: int = 640,
-        threshold: float = 0.5,
-        nms_threshold: float = 0.4,
-        min_face_px: int = 20,
-        max_faces: int = 32,
-    ) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.provider = provider
-        self.limits = Limits(threshold, nms_threshold, min_face_px, max_faces)
-        self._session = session
-        self._file = model_file(spec)
-        self._input, fixed = fixed_input(spec, session)
-        self._plan = InputPlan(fixed, det_size)
-        declared = session.get_outputs()
-        if len(declared) != 9:
-            shapes = [(o.name, list(o.shape)) for o in declared]
-            raise ModelMismatchError(
-                f"{self._file}: expected 9 outputs (cls/bbox/landmarks × strides 8,16,32), "
-                f"got {len(declared)}: {shapes}"
-            )
-        names = [o.name for o in declared]
-        in_w, in_h = self._plan.canonical
-        started = time.perf_counter()
-        outs = run_session(
-            spec,
-            session,
-            names,
-            {self._input: np.zeros((1, 3, in_h, in_w), np.float32)},
-            mismatch=True,
-        )
-        warm_ms = (time.perf_counter() - started) * 1000
-        self.layout: Literal["anchor", "distance"]
+    def _select_outputs(self, declared: Sequence[ort.NodeArg]) -> list[str]:
+        return output_names(self._file, declared, 9, "cls/bbox/landmarks × strides 8,16,32")
+
+    def _setup(
+        self, names: list[str], outs: list[npt.NDArray[np.float32]], in_w: int, in_h: int
+    ) -> list[str]:
         self._head: AnchorHead | DistanceHead
         if all(o.ndim == 4 for o in outs):
             self.layout = "anchor"
             self._head = AnchorHead(self._file, names, outs, in_w, in_h)
-        else:
-            self.layout = "distance"
-            self._head = DistanceHead(self._file, names, outs, in_w, in_h)
-        log.info(
-            "detector_ready",
-            model=self.name,
-            family=self.family,
-            layout=self.layout,
-            provider=provider,
-            input=f"{in_w}x{in_h}" + ("" if fixed else " (dynamic)"),
-            warmup_ms=round(warm_ms, 1),
-        )
-        if self.layout == "anchor":
+            self._blob_params = (1.0, 0.0, True)  # raw RGB 0..255
             log.warning(
                 "detector_unverified",
                 model=self.name,
                 file=self._file,
                 reason="RetinaFace anchor-layout decode was never checked against a real file",
             )
-
-    def preprocess(self, image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.float32], Geometry]:
-        """The network input blob for ``image`` and how it was fitted (for mapping back)."""
-        h, w = image.shape[:2]
-        geo = self._plan.geometry(w, h)
-        canvas = letterbox(image, geo)
-        if self.layout == "anchor":
-            blob = cv2.dnn.blobFromImage(canvas, 1.0, (geo.in_w, geo.in_h), swapRB=True)
         else:
-            blob = cv2.dnn.blobFromImage(
-                canvas, 1.0 / 128.0, (geo.in_w, geo.in_h), (127.5,) * 3, swapRB=True
-            )
-        return np.asarray(blob, np.float32), geo
+            self.layout = "distance"
+            self._head = DistanceHead(self._file, names, outs, in_w, in_h)
+            self._blob_params = (1.0 / 128.0, 127.5, True)
+        return self._head.names
 
-    def __call__(self, image: npt.NDArray[np.uint8]) -> Detections:
-        check_image(image)
-        h, w = image.shape[:2]
-        if h == 0 or w == 0:
-            return Detections.empty()
-        blob, geo = self.preprocess(image)
-        outs = run_session(self.spec, self._session, self._head.names, {self._input: blob})
-        boxes, scores, kps = self._head.decode(outs, geo.in_w, geo.in_h, self.limits.threshold)
-        return finish(boxes, scores, kps, geo, w, h, self.limits)
+    def _ready_fields(self) -> dict[str, Any]:
+        return {"layout": self.layout}
+
+    def _decode(self, outs: list[npt.NDArray[np.float32]], in_w: int, in_h: int) -> Candidates:
+        return self._head.decode(outs, in_w, in_h, self.limits.threshold)
