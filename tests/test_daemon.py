@@ -476,7 +476,8 @@ def test_config_set_and_sighup_apply_valid_changes_and_refuse_invalid_ones(
     )
     d = DaemonProcess(cfg, tmp_path / "daemon.log")
     daemons.append(d)
-    rec.wait_for(status_is(b"online"), 30, "online")
+    # config/set is ignored until the daemon is ready; the first heartbeat says it is.
+    rec.wait_for(lambda ms: bool(heartbeats(rec)), 30, "first heartbeat")
     pid = d.proc.pid
     topic = f"edged/{DEVICE}/config/set"
     result_topic = f"edged/{DEVICE}/config/result"
