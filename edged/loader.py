@@ -39,6 +39,7 @@ from edged.catalog import CATALOG, PHASES, CropMode, ModelSpec
 from edged.classification import CLASSIFIERS, Classifier
 from edged.config import PipelineSettings, Settings
 from edged.detection import DETECTORS, Detector
+from edged.detection.common import ort_errors
 from edged.errors import (
     EdgedError,
     ModelError,
@@ -216,9 +217,10 @@ def load_detector(
             min_face_px=pipeline_settings.min_face_px,
             max_faces=pipeline_settings.max_faces,
         )
-    except EdgedError:
-        raise
-    except Exception as exc:  # a detector rejecting the file's layout, ORT at warm-up
+    except ort_errors() as exc:
+        # Detectors wrap their own session runs; this catches what ONNX Runtime raises
+        # while they read the session. A TypeError or AttributeError is edged's bug and
+        # propagates: it must not pass for a broken model file and a quiet fallback.
         path = spec.paths(models_dir)[0]
         raise ModelError(f"cannot build detector '{spec.name}' from {path}: {exc}") from exc
     return detector

@@ -11,13 +11,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 from conftest import make_models_dir
+from onnx import TensorProto, helper, numpy_helper
 from structlog.testing import capture_logs
 from tiny_models import make_pooled_rgb_model
 
 from edged.catalog import CATALOG
+from edged.classification import CLASSIFIERS, EfficientViTClassifier
+from edged.classification.base import Crops, FloatArray
 from edged.config import PipelineSettings
+from edged.detection import DETECTORS, YuNet
 from edged.errors import ModelError, ModelMismatchError, ModelNotFoundError, NoUsableModelError
 from edged.loader import load_classifier, load_detector, resolve, validate_session
 from edged.providers import SessionFactory
@@ -229,3 +235,72 @@ def test_unknown_or_wrong_kind_names_are_refused(models_dir: Path, factory: Sess
         resolve(PipelineSettings(), models_dir, factory, detector="yunet", classifier="yunet")
     with pytest.raises(ModelError, match="not an emotion model"):
         load_classifier(CATALOG["yunet"], models_dir, factory)
+
+
+def make_out_of_bounds_head(path: Path) -> Path:
+    """An EfficientViT head with the spec's I/O, [batch, 384] → [batch, 8], whose Gather
+    reads column 400 of 384: it loads and validates, and fails only when it runs."""
+    indices = np.array([0, 1, 2, 3, 4, 5, 6, 400], np.int64)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["features", "indices"], ["logits"], axis=1)],
+        "out_of_bounds_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 384])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 8])],
+        initializer=[numpy_helper.from_array(indices, "indices")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+# --- Our own bugs are not model faults -----------------------------------------------------
+# Failure injection: a subclass with a deliberate bug, registered for one test.
+
+
+class _YuNetWithABug(YuNet):
+    def _setup(self, *args: Any) -> list[str]:
+        raise AttributeError("'NoneType' object has no attribute 'names'")
+
+
+class _EfficientViTWithABug(EfficientViTClassifier):
+    def preprocess(self, crops: Crops) -> FloatArray:
+        raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
+
+
+def test_a_bug_in_a_detector_class_propagates_instead_of_falling_back(
+    models_dir: Path, factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(DETECTORS, "yunet", _YuNetWithABug)
+    # The lite chain would otherwise quietly go on to scrfd_500m.
+    with capture_logs() as logs, pytest.raises(AttributeError, match="no attribute 'names'"):
+        resolve(PipelineSettings(), models_dir, factory, phase="lite", with_classifier=False)
+    assert events(logs, "model_fallback") == []
+
+
+def test_a_bug_in_a_classifier_class_propagates_instead_of_falling_back(
+    models_dir: Path, factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(CLASSIFIERS, "efficientvit", _EfficientViTWithABug)
+    # The sota_phase3 chain would otherwise quietly go on to enet_b2_7.
+    with capture_logs() as logs, pytest.raises(TypeError, match="unsupported operand"):
+        resolve(PipelineSettings(), models_dir, factory, phase="sota_phase3")
+    assert [e["kind"] for e in events(logs, "model_fallback")] == ["detector"]  # scrfd_10g
+
+
+def test_a_classifier_file_that_fails_at_warm_up_is_a_model_error_and_falls_back(
+    tmp_path: Path, shared: Path, factory: SessionFactory
+) -> None:
+    """A real ONNX Runtime failure (not a bug of ours) still becomes a clean ModelError."""
+    models = layout(shared, tmp_path, SCRFD25, B2, EVIT_BACKBONE)
+    # The head's declared I/O fits the spec, but its Gather reads past the end at run time.
+    head = make_out_of_bounds_head(models / EVIT_HEAD)
+    with pytest.raises(ModelError, match="warm-up inference failed") as err:
+        load_classifier(CATALOG["efficientvit_m5"], models, factory)
+    assert not isinstance(err.value, ModelMismatchError)
+    with capture_logs() as logs:
+        loaded = resolve(PipelineSettings(), models, factory, phase="sota_phase3")
+    assert loaded.models["classifier"] == "enet_b2_7"
+    (warned,) = [w for w in events(logs, "model_fallback") if w["model"] == "efficientvit_m5"]
+    assert "warm-up inference failed" in warned["reason"] and str(head) in warned["file"]

@@ -23,6 +23,7 @@ import onnxruntime as ort
 import structlog
 
 from edged.catalog import ModelSpec
+from edged.detection.common import ort_errors
 from edged.errors import ModelError
 
 log = structlog.get_logger(__name__)
@@ -131,11 +132,11 @@ class OnnxClassifier:
     # -- shared ---------------------------------------------------------------------
     def _warm_up(self) -> None:
         """One run at load so the first frame does not pay for allocations and kernels."""
+        # Preprocessing is edged's own code: its errors are bugs and propagate as such.
+        tensor = self.preprocess(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
         try:
-            self.run_raw(
-                self.preprocess(np.zeros((1, self.input_size, self.input_size, 3), np.uint8))
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types
+            self.run_raw(tensor)
+        except ort_errors() as exc:  # the file cannot run what it declares
             raise ModelError(f"{self.name}: warm-up inference failed: {exc}") from exc
 
     def run_raw(self, tensor: FloatArray) -> FloatArray:
