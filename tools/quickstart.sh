@@ -12,6 +12,11 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # 1. Python environment.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  say "installing python3-venv (apt-get)"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
 if [ ! -x .venv/bin/edged ]; then
   say "creating .venv and installing edged"
   python3 -m venv .venv
