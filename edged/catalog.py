@@ -317,6 +317,24 @@ CATALOG: dict[str, ModelSpec] = {
             shipped=True,
             license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
         ),
+        ModelSpec(
+            name="edged_fer_finetuned",
+            kind="emotion",
+            family="fer",
+            files=("ravdess_finetuned/edged_fer_finetuned.onnx",),
+            description="edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
+            input_size=48,
+            inputs=(((None, 1, 48, 48),),),
+            outputs=(((None, 7),),),
+            labels=FER2013_7,
+            color="gray",
+            mean=(0.5,),
+            std=(0.5,),
+            license="yours: trained with tools/train_emotion.py --image-folder",
+            notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
+            "models/edged_fer/edged_fer_v1.pt, then `edged models import FILE --as "
+            "edged_fer_finetuned`.",
+        ),
     )
 }
 

@@ -121,6 +121,27 @@ def test_import_places_checked_file_and_records_its_hash(
     assert [p.name for p in mdir.iterdir() if p.name.startswith(".import-")] == []
 
 
+def test_a_fine_tuned_fer_model_imports_into_its_slot_and_analyze_uses_it(
+    shared: Path, tmp_path: Path, config: Path
+) -> None:
+    # The shipped model stands in for a user's fine-tuned one: same contract.
+    own = Path(__file__).resolve().parent.parent / "models/edged_fer/edged_fer_v1.onnx"
+    mdir = make_models_dir(shared, tmp_path / "m", only=["yunet/face_detection_yunet_2023mar.onnx"])
+    res = cli(
+        "models", "import", own, "--as", "edged_fer_finetuned", "--models-dir", mdir, "-c", config
+    )
+    assert res.exit_code == 0, res.output
+    assert (mdir / "ravdess_finetuned/edged_fer_finetuned.onnx").is_file()
+    res = cli(
+        "analyze", shared / "images/s_l.jpg", "--detector", "yunet",
+        "--classifier", "edged_fer_finetuned", "--models-dir", mdir, "-c", config,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["models"]["classifier"] == "edged_fer_finetuned"
+    assert len(out["faces"]) == 2 and all(f["emotion"] for f in out["faces"])
+
+
 def test_import_of_a_mismatched_file_is_refused_and_places_nothing(
     shared: Path, tmp_path: Path, config: Path
 ) -> None:
