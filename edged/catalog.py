@@ -183,6 +183,29 @@ def _hse(
     )
 
 
+def _fer(
+    name: str, file: str, desc: str, *, license: str, shipped: bool = False, notes: str = ""
+) -> ModelSpec:
+    """The contract of edged's own FER models (see models/README.md)."""
+    return ModelSpec(
+        name=name,
+        kind="emotion",
+        family="fer",
+        files=(file,),
+        description=desc,
+        input_size=48,
+        inputs=(((None, 1, 48, 48),),),
+        outputs=(((None, 7),),),
+        labels=FER2013_7,
+        color="gray",
+        mean=(0.5,),
+        std=(0.5,),
+        shipped=shipped,
+        license=license,
+        notes=notes,
+    )
+
+
 CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -301,35 +324,17 @@ CATALOG: dict[str, ModelSpec] = {
             size_hint=31_335_570,
             notes="No public weights: train with tools/train_emotion.py or import your own.",
         ),
-        ModelSpec(
-            name="edged_fer",
-            kind="emotion",
-            family="fer",
-            files=("edged_fer/edged_fer_v1.onnx",),
-            description="edged's own FER model (48x48 grayscale, FER2013), ships with edged",
-            input_size=48,
-            inputs=(((None, 1, 48, 48),),),
-            outputs=(((None, 7),),),
-            labels=FER2013_7,
-            color="gray",
-            mean=(0.5,),
-            std=(0.5,),
-            shipped=True,
+        _fer(
+            "edged_fer",
+            "edged_fer/edged_fer_v1.onnx",
+            "edged's own FER model (48x48 grayscale, FER2013), ships with edged",
             license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
+            shipped=True,
         ),
-        ModelSpec(
-            name="edged_fer_finetuned",
-            kind="emotion",
-            family="fer",
-            files=("ravdess_finetuned/edged_fer_finetuned.onnx",),
-            description="edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
-            input_size=48,
-            inputs=(((None, 1, 48, 48),),),
-            outputs=(((None, 7),),),
-            labels=FER2013_7,
-            color="gray",
-            mean=(0.5,),
-            std=(0.5,),
+        _fer(
+            "edged_fer_finetuned",
+            "ravdess_finetuned/edged_fer_finetuned.onnx",
+            "edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
             license="yours: trained with tools/train_emotion.py --image-folder",
             notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
             "models/edged_fer/edged_fer_v1.pt, then `edged models import FILE --as "
