@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +56,7 @@ from edged.loader import session_factory
 from edged.pipeline import FrameResult, Pipeline, build_pipeline
 from edged.publishing import Publisher
 from edged.sdnotify import Notifier
-from edged.tracking import Tracker
+from edged.tracking import Tracker, iso_utc
 
 log = structlog.get_logger(__name__)
 
@@ -109,10 +108,6 @@ _VIDEO_DEVICE = re.compile(r"/dev/video\d+")
 def run_daemon(settings: Settings, config_path: Path | None) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
     return asyncio.run(Daemon(settings, config_path).run())
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -590,7 +585,7 @@ class Daemon:
         mqtt = self.publisher.stats() if self.publisher else {}
         return {
             "schema": 1,
-            "ts": utc_now_iso(),
+            "ts": iso_utc(time.time()),
             "device": self.settings.device.id,
             "uptime_s": round(time.monotonic() - self.rt.started, 1),
             "version": __version__,
