@@ -364,10 +364,23 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
 
 
+def _env_name(loc: tuple[Any, ...]) -> str | None:
+    """The ``EDGED_SECTION__KEY`` variable that set this key, if one is set now."""
+    if not loc or not all(isinstance(p, str) for p in loc):
+        return None
+    name = "EDGED_" + "__".join(str(p).upper() for p in loc)
+    return name if any(k.upper() == name for k in os.environ) else None
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: section.key: message (got value)``."""
+    """One line per problem: ``source: section.key: message (got value)``.
+
+    A key that came from an ``EDGED_*`` environment variable is blamed on that variable,
+    not on the file, so the operator looks in the right place.
+    """
     lines = []
     for err in exc.errors():
+        env = _env_name(tuple(err["loc"]))
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -380,7 +393,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         )
         if "password" in loc or "token" in loc:
             shown = ""
-        lines.append(f"{source}: {loc}: {msg}{shown}")
+        origin = f"environment {env}" if env else source
+        lines.append(f"{origin}: {loc}: {msg}{shown}")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from edged.cli import app
 from edged.config import Settings, load_settings
+from edged.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,3 +239,15 @@ def test_reference_config_sets_every_key_to_its_default() -> None:
             assert got == want, f"[{section}] {key} = {got!r}, default is {want!r}"
     camera_fields = set(Settings.model_fields["cameras"].annotation.__args__[0].model_fields)  # type: ignore[union-attr]
     assert set(data["cameras"][0]) == camera_fields
+
+
+def test_an_invalid_environment_override_is_blamed_on_the_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text("[mqtt]\nhost = 'broker.lan'\n", encoding="utf-8")
+    monkeypatch.setenv("EDGED_MQTT__PORT", "abc")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "environment EDGED_MQTT__PORT: mqtt.port" in str(err.value)
+    assert str(cfg) not in str(err.value)
