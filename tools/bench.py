@@ -51,20 +51,9 @@ from edged.pipeline import Pipeline, build_pipeline
 from edged.providers import SessionFactory
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
 
-#: Seed-layout file → the file in ../shared/models that plays it (as tests/conftest.py).
-LAYOUT_LINKS: dict[str, str] = {
-    "scrfd/scrfd_2.5g_bnkps.onnx": "real/scrfd_2.5g_kps.onnx",
-    "scrfd/scrfd_500m_bnkps.onnx": "real/scrfd_500m_kps.onnx",
-    "yunet/face_detection_yunet_2023mar.onnx": "real/yunet_n_dynamic.onnx",
-    "emotieff/fer_enet_b2_7.onnx": "standin/enet_b2_7.standin.onnx",
-    "emotieff/fer_enet_b0_8.onnx": "standin/enet_b0_8_best_vgaf.standin.onnx",
-    "affectnet_fer/affectnet_mobilenet_7.onnx": "standin/mobilenet_7.standin.onnx",
-    "efficientvit/efficientvit_m5_backbone.onnx": "standin/efficientvit_m5_backbone.standin.onnx",
-    "efficientvit/efficientvit_m5_emotion_head.onnx": (
-        "standin/efficientvit_m5_emotion_head.standin.onnx"
-    ),
-}
+from conftest import make_models_dir  # noqa: E402  (the tests' seed layout, one copy)
 
 #: Rows of the table: (key, label). ``*`` marks values derived by subtraction.
 ROWS: tuple[tuple[str, str], ...] = (
@@ -89,11 +78,7 @@ def seed_layout(dest: Path) -> Path:
     models = shared_root() / "models"
     if not models.is_dir():
         sys.exit(f"bench: shared models not found at {models}: set EDGED_SHARED or --models-dir")
-    for rel, src in LAYOUT_LINKS.items():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(models / src)
-    return dest
+    return make_models_dir(shared_root(), dest)
 
 
 def load_frames(path: Path, max_frames: int) -> list[np.ndarray]:
