@@ -590,3 +590,20 @@ def test_scrfd_without_landmark_outputs_is_a_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ModelMismatchError, match="got 6") as info:
         SCRFD(spec, session, "cpu")
     assert spec.files[0] in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["scrfd_2.5g", "yunet"])
+def test_preprocess_gives_the_same_blob_as_opencv_blobfromimage(
+    detectors: dict[str, Any], s_l: np.ndarray, selfie: np.ndarray, key: str
+) -> None:
+    from edged.detection.common import letterbox
+
+    det = detectors[key]
+    for image in (s_l, selfie):
+        blob, geo = det.preprocess(image)
+        scale, mean, swap_rb = det._blob_params
+        ref = cv2.dnn.blobFromImage(
+            letterbox(image, geo), scale, (geo.in_w, geo.in_h), (mean, mean, mean), swapRB=swap_rb
+        )
+        assert blob.dtype == np.float32 and blob.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(blob, ref)

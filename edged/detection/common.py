@@ -430,10 +430,14 @@ class OnnxDetector:
         geo = self._plan.geometry(w, h)
         canvas = letterbox(image, geo)
         scale, mean, swap_rb = self._blob_params
-        blob = cv2.dnn.blobFromImage(
-            canvas, scale, (geo.in_w, geo.in_h), (mean, mean, mean), swapRB=swap_rb
-        )
-        return np.asarray(blob, np.float32), geo
+        # What cv2.dnn.blobFromImage computes ((x - mean) * scale, NCHW, optional R/B swap),
+        # in one numpy pass: blobFromImage took up to 5 ms on some letterboxed canvases,
+        # this takes < 1 ms and gives the same bits.
+        src = canvas[..., ::-1] if swap_rb else canvas
+        blob = np.empty((1, 3, *src.shape[:2]), np.float32)
+        np.subtract(src.transpose(2, 0, 1), np.float32(mean), out=blob[0], dtype=np.float32)
+        blob *= np.float32(scale)
+        return blob, geo
 
     def __call__(self, image: npt.NDArray[np.uint8]) -> Detections:
         check_image(image)
