@@ -10,6 +10,7 @@ not a hope.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -346,6 +347,33 @@ def test_a_camera_that_ends_on_a_face_still_reports_left_and_state_none(
     rec.close()
 
 
+@contextlib.contextmanager
+def persistent_session(
+    tmp_path: Path, client_id: str
+) -> Iterator[tuple[MosquittoBroker, MqttRecorder]]:
+    """A broker that keeps sessions across restarts and a subscriber whose session it keeps.
+
+    Without both, the daemon's resend after a broker restart can race the subscriber's
+    re-subscription, and the test would blame the daemon for the subscriber's gap.
+    """
+    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
+    broker.start()
+    rec = MqttRecorder(
+        broker.host, broker.port, [f"edged/{DEVICE}/+/event"], client_id=client_id,
+        clean_session=False,
+    )  # fmt: skip
+    try:
+        rec.wait_subscribed()
+        yield broker, rec
+    finally:
+        rec.close()
+        broker.kill()
+
+
+def event_ids(messages: list[Message]) -> list[str]:
+    return [json.loads(m.payload)["id"] for m in messages]
+
+
 def _in_order(received: list[str], expected: list[str]) -> None:
     first_seen: dict[str, int] = {}
     for i, eid in enumerate(received):
@@ -359,17 +387,7 @@ def _in_order(received: list[str], expected: list[str]) -> None:
 def test_broker_outage_loses_no_event_and_keeps_order(
     tmp_path: Path, models_dir: Path, scene: Scene, daemons: list
 ) -> None:
-    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
-    broker.start()
-    rec = MqttRecorder(
-        broker.host,
-        broker.port,
-        [f"edged/{DEVICE}/+/event"],
-        client_id="outage-rec",
-        clean_session=False,
-    )
-    try:
-        rec.wait_subscribed()
+    with persistent_session(tmp_path, "outage-rec") as (broker, rec):
         cfg = write_config(
             tmp_path / "edged.toml",
             broker,
@@ -388,33 +406,16 @@ def test_broker_outage_loses_no_event_and_keeps_order(
         )
         broker.start()
         logged = d.events_logged()
-        rec.wait_for(
-            lambda ms: {json.loads(m.payload)["id"] for m in ms} >= set(logged),
-            40,
-            "spooled events",
-        )
-        _in_order([json.loads(m.payload)["id"] for m in rec.messages], logged)
+        rec.wait_for(lambda ms: set(event_ids(ms)) >= set(logged), 40, "spooled events")
+        _in_order(event_ids(rec.messages), logged)
         d.signal(signal.SIGTERM)
         assert d.wait(20) == 0, d.tail()
-    finally:
-        rec.close()
-        broker.kill()
 
 
 def test_events_spooled_before_kill_9_are_delivered_after_restart(
     tmp_path: Path, models_dir: Path, scene: Scene, daemons: list
 ) -> None:
-    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
-    broker.start()
-    rec = MqttRecorder(
-        broker.host,
-        broker.port,
-        [f"edged/{DEVICE}/+/event"],
-        client_id="restart-rec",
-        clean_session=False,
-    )
-    try:
-        rec.wait_subscribed()
+    with persistent_session(tmp_path, "restart-rec") as (broker, rec):
         broker.stop()  # the subscription is kept in the broker's persistence file
         cams = [{"id": "cam", "source": str(scene.video), "fps": FPS, "loop": True}]
         cfg = write_config(
@@ -429,17 +430,10 @@ def test_events_spooled_before_kill_9_are_delivered_after_restart(
         broker.start()
         second = DaemonProcess(cfg, tmp_path / "second.log")
         daemons.append(second)
-        rec.wait_for(
-            lambda ms: {json.loads(m.payload)["id"] for m in ms} >= set(spooled),
-            60,
-            "events of the killed daemon",
-        )
-        _in_order([json.loads(m.payload)["id"] for m in rec.messages], spooled)
+        rec.wait_for(lambda ms: set(event_ids(ms)) >= set(spooled), 60, "killed daemon's events")
+        _in_order(event_ids(rec.messages), spooled)
         second.signal(signal.SIGTERM)
         assert second.wait(20) == 0, second.tail()
-    finally:
-        rec.close()
-        broker.kill()
 
 
 def _health(port: int) -> dict[str, Any]:
