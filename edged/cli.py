@@ -9,6 +9,7 @@ Heavy imports (ONNX Runtime, OpenCV) happen inside the commands so ``edged --hel
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -98,7 +99,16 @@ def run(
     log_level: LogLevelOpt = "info",
     log_format: LogFormatOpt = "auto",
 ) -> None:
-    """Run the daemon (what systemd starts). SIGTERM stops, SIGHUP reloads the config."""
+    """Run the daemon (what systemd starts). SIGTERM stops, SIGHUP reloads the config.
+
+    SIGUSR1 writes every thread's Python stack to stderr (the journal): what a hung daemon
+    is doing, without stopping it.
+    """
+    import faulthandler
+    import signal
+
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _setup_logging(log_level, log_format)
     with _errors():
         from edged.config import load_settings
@@ -106,7 +116,13 @@ def run(
 
         settings, path = load_settings(config)
         code = run_daemon(settings, path)
-    raise typer.Exit(code)
+    # Everything edged owns is closed by now (spool, MQTT, cameras). Skip the interpreter's
+    # teardown: native libraries' threads (FFmpeg, ONNX Runtime) racing their own static
+    # destructors can abort a clean stop with "terminate called without an active
+    # exception", which systemd would count as a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command("check-config")

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,6 +162,11 @@ class DaemonProcess:
     def wait(self, timeout: float) -> int:
         try:
             return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Leave every thread's stack in the log (faulthandler on SIGUSR1) for the report.
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            raise
         finally:
             self._log.close()
 
