@@ -64,8 +64,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged import __version__
-from edged.config import Settings
-from edged.errors import PublishError, SpoolError
+from edged.config import MqttSettings, Settings
+from edged.errors import ConfigError, PublishError, SpoolError
 from edged.spool import Spool, spool_path
 
 log = structlog.get_logger(__name__)
@@ -188,6 +188,17 @@ def _check_camera_id(camera_id: str) -> str:
     return camera_id
 
 
+def _password_key(m: MqttSettings) -> object:
+    """The password the client would log in with. A password file is compared by what it
+    holds, not by its path: rotating the secret in place and reloading must reconnect. An
+    unreadable file compares unequal to everything, so the reload goes on to build a client
+    and is refused with the file's error instead of silently keeping the old login."""
+    try:
+        return (m.password_file, m.resolved_password())
+    except ConfigError:
+        return object()
+
+
 def _connection_key(settings: Settings) -> tuple[Any, ...]:
     """Everything that needs a new MQTT client when it changes."""
     m = settings.mqtt
@@ -195,8 +206,7 @@ def _connection_key(settings: Settings) -> tuple[Any, ...]:
         m.host,
         m.port,
         m.username,
-        m.password.get_secret_value(),
-        m.password_file,
+        _password_key(m),
         m.resolved_client_id(settings.device.id),
         m.protocol,
         m.keepalive_s,
@@ -237,6 +247,9 @@ class Publisher:
             raise PublishError("max_inflight must be >= 1")
         self.on_config_set = on_config_set
         self._settings = settings
+        # _connection_key of the settings the current client was built from (None: none
+        # built yet), taken when it was built: a password file can change under it later
+        self._client_key: tuple[Any, ...] | None = None
         self._topics = topics_for(settings)
         self._max_inflight = max_inflight
         self._owns_spool = spool is None
@@ -443,6 +456,7 @@ class Publisher:
             if self._client is not None:
                 return
         if client is None:
+            self._client_key = _connection_key(self._settings)
             client = self._prepare_client(self._settings)
         m = self._settings.mqtt
         with self._cv:
@@ -559,7 +573,8 @@ class Publisher:
         exception propagates, so the daemon can refuse the reload and keep publishing.
         """
         old = self._settings
-        reconnect = _connection_key(settings) != _connection_key(old)
+        new_key = _connection_key(settings)
+        reconnect = new_key != self._client_key
         # Validate before giving anything up; a client that is never started costs nothing.
         client = self._prepare_client(settings) if reconnect else None
         if settings.device.state_dir != old.device.state_dir:
@@ -582,6 +597,7 @@ class Publisher:
                 self._stop_client(timeout, flush=False)
             with self._state_lock:
                 self._settings = settings
+                self._client_key = new_key
                 self._topics = topics_for(settings)
                 self._sent_state.clear()
                 # Moved or disabled discovery and state: emptied on the next connection.

@@ -517,6 +517,30 @@ def test_username_and_password_file_authenticate_against_a_password_protected_br
         broker.kill()
 
 
+def test_reload_after_fixing_the_password_file_in_place_reconnects_with_the_new_secret(
+    tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    broker = _passwd_broker(tmp_path)
+    secret = tmp_path / "mqtt.secret"
+    secret.write_text("old secret\n")
+    settings = make_settings(tmp_path / "state", broker, username="edge", password_file=str(secret))
+    try:
+        pub = start(publishers, settings)
+        wait_until(lambda: pub.stats()["last_error"] is not None, what="refusal recorded")
+        assert pub.stats()["connected"] is False
+        secret.write_text("s3cret pass\n")  # same path, rotated content, then a reload
+        pub.update_settings(
+            make_settings(tmp_path / "state", broker, username="edge", password_file=str(secret))
+        )
+        wait_until(lambda: pub.stats()["connected"] is True, what="connected with new secret")
+        secret.unlink()  # a reload that cannot read the file is refused, the login is kept
+        with pytest.raises(ConfigError, match="password_file"):
+            pub.update_settings(settings)
+        assert pub.stats()["connected"] is True
+    finally:
+        broker.kill()
+
+
 def test_wrong_password_is_refused_and_reported_without_the_secret(
     tmp_path: Path, publishers: list[Publisher]
 ) -> None:
