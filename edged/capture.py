@@ -106,7 +106,8 @@ _SECRET_QUERY = re.compile(
 
 
 def redact_source(source: str) -> str:
-    """The source with URL passwords and secret query values replaced by ``***``.
+    """The source with URL passwords, HTTP user-info tokens and secret query values
+    replaced by ``***``.
 
     Sources end up in logs, ``/health`` and ``edged config show``. The user info is split
     from the host at the *last* ``@`` of the authority, as URL parsers and FFmpeg do, so a
@@ -117,7 +118,13 @@ def redact_source(source: str) -> str:
 
     def _authority(match: re.Match[str]) -> str:
         userinfo, at, hostport = match["authority"].rpartition("@")
-        if not at or ":" not in userinfo:
+        if not at:
+            return match[0]
+        if ":" not in userinfo:
+            # a user name alone is kept for RTSP & co (``admin@cam``), but over HTTP it is how
+            # tokens are passed (``https://TOKEN@host``), so there it is hidden
+            if match["scheme"].lower() in ("http://", "https://"):
+                return f"{match['scheme']}***@{hostport}"
             return match[0]
         user = userinfo.split(":", 1)[0]
         return f"{match['scheme']}{user}:***@{hostport}"

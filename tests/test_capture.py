@@ -334,6 +334,9 @@ def test_url_passwords_are_redacted_for_logs() -> None:
         # An '@' in the path is not user info.
         ("rtsp://cam.lan/live@main", "rtsp://cam.lan/live@main"),
         ("rtsp://admin@cam.lan/s", "rtsp://admin@cam.lan/s"),
+        # Over HTTP(S) a user name alone is a token (https://TOKEN@host): hidden.
+        ("https://ghp_abc123@mirror.lan/m.onnx", "https://***@mirror.lan/m.onnx"),
+        ("HTTP://tok@cam/video.mjpg", "HTTP://***@cam/video.mjpg"),
         # Inside a GStreamer pipeline (Jetson rtspsrc) and in IP-camera CGI query strings.
         (
             "rtspsrc location=rtsp://op:s3@cr3t@cam/s latency=0 ! decodebin ! appsink",
