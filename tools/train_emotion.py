@@ -18,7 +18,7 @@ Typical use
   # fine-tune the shipped model on your own images
   # (DIR/<label>/*.jpg, label one of neutral happy sad angry fearful disgusted surprised)
   python tools/train_emotion.py --image-folder DIR \
-      --init-checkpoint models/edged_fer/edged_fer_v1.pt --out my_model --epochs 15
+      --init-checkpoint models/edged_fer/edged_fer_v2.pt --out my_model --epochs 15
 
 Test data is never used for training or model selection: ``--test-data`` only adds a
 reporting figure to the sidecar after the model has been chosen on the validation split.
@@ -176,13 +176,63 @@ def build_model(widths=(48, 96, 192, 256), num_classes=7, dropout=0.4):
     return EdgedFERNet()
 
 
+def parse_mode(mode: str, crop: int) -> tuple[list[int] | None, bool]:
+    """Test-time mode -> (input sizes, flip). ``full`` is the 48x48 input as is, ``center``
+    the training crop cut from its middle (sizes None), ``msA-B-C`` the 48x48 input resized
+    to AxA, BxB, CxC (multi-scale); a ``_flip`` suffix adds the mirrored view of each."""
+    base, flip = (mode[: -len("_flip")], True) if mode.endswith("_flip") else (mode, False)
+    if base == "full":
+        return [SIZE], flip
+    if base == "center":
+        return None, flip
+    if base.startswith("ms") and base[2:]:
+        try:
+            sizes = [int(v) for v in base[2:].split("-")]
+        except ValueError:
+            sizes = []
+        if sizes and all(16 <= v <= 4 * SIZE for v in sizes):
+            return sizes, flip
+    raise SystemExit(f"unknown test-time mode {mode!r} (full, center, msA-B-C, each +_flip)")
+
+
+def mode_cost(mode: str, crop: int) -> float:
+    """Compute of a test-time mode relative to one 48x48 pass (pixels processed)."""
+    sizes, flip = parse_mode(mode, crop)
+    area = (crop / SIZE) ** 2 if sizes is None else sum((v / SIZE) ** 2 for v in sizes)
+    return area * (2 if flip else 1)
+
+
+def tta_logits(net, x, mode: str, crop: int):
+    """Mean logits of ``net`` over the views of a test-time mode. The exported ONNX graph
+    and the validation that chooses the mode both call this, so they cannot disagree."""
+    import torch
+    import torch.nn.functional as nnf
+
+    sizes, flip = parse_mode(mode, crop)
+    if sizes is None:
+        off = (SIZE - crop) // 2
+        views = [x[:, :, off : off + crop, off : off + crop]]
+    else:
+        views = [
+            x
+            if v == SIZE
+            else nnf.interpolate(x, size=(v, v), mode="bilinear", align_corners=False)
+            for v in sizes
+        ]
+    ys = []
+    for v in views:
+        ys.append(net(v).float())
+        if flip:
+            ys.append(net(torch.flip(v, dims=[3])).float())
+    return ys[0] if len(ys) == 1 else torch.stack(ys).mean(0)
+
+
 def make_export_module(net, mode: str, crop: int):
     """Wrap the network so that the graph takes the 48x48 daemon input and applies the
-    test-time mode chosen on validation: full | full_flip | center | center_flip."""
-    import torch
+    test-time mode chosen on validation (one network; the views are averaged in-graph)."""
     import torch.nn as nn
 
-    off = (SIZE - crop) // 2
+    parse_mode(mode, crop)  # fail before export on a bad mode
 
     class Deploy(nn.Module):
         def __init__(self):
@@ -190,12 +240,7 @@ def make_export_module(net, mode: str, crop: int):
             self.net = net
 
         def forward(self, x):
-            if mode.startswith("center"):
-                x = x[:, :, off : off + crop, off : off + crop]
-            y = self.net(x)
-            if mode.endswith("flip"):
-                y = (y + self.net(torch.flip(x, dims=[3]))) * 0.5
-            return y
+            return tta_logits(self.net, x, mode, crop)
 
     return Deploy()
 
@@ -301,6 +346,18 @@ def parse_args(argv=None):
     p.add_argument(
         "--init-checkpoint", help="start from this .pt (state_dict + arch) instead of random init"
     )
+    p.add_argument(
+        "--export-from",
+        help="no training: choose the test-time mode on validation for this checkpoint (a run's "
+        "NAME_vN.best.pt) and export it; the run's sidecar next to it is carried over",
+    )
+    p.add_argument(
+        "--teacher",
+        help="knowledge distillation: a trained .pt (e.g. the shipped model) whose softened "
+        "predictions on each augmented batch are mixed into the target",
+    )
+    p.add_argument("--kd-weight", type=float, default=0.5, help="weight of the teacher term")
+    p.add_argument("--kd-temperature", type=float, default=2.0, help="softening temperature")
     p.add_argument("--seed", type=int, default=20261125)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -326,8 +383,11 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--test-modes",
-        default="full,full_flip,center,center_flip",
-        help="test-time modes compared on validation; the best is baked into the ONNX graph",
+        default="full,full_flip,center,center_flip,ms44-48-52,ms44-48-52_flip,"
+        "ms40-44-48-52-56_flip",
+        help="test-time modes compared on validation; the best is baked into the ONNX graph "
+        "(full: the 48x48 input; center: the training crop; msA-B-C: the input resized to "
+        "each size; _flip: plus mirrored views; logits are averaged)",
     )
     p.add_argument(
         "--mode-tolerance",
@@ -419,17 +479,32 @@ def main(argv=None):
     # ---- model
     widths = tuple(int(v) for v in args.widths.split(","))
     init_meta = None
-    if args.init_checkpoint:
-        ck = torch.load(args.init_checkpoint, map_location="cpu", weights_only=False)
+    start_from = args.export_from or args.init_checkpoint
+    if start_from:
+        ck = torch.load(start_from, map_location="cpu", weights_only=False)
         widths = tuple(ck["arch"]["widths"])
         args.dropout = ck["arch"].get("dropout", args.dropout)
-        init_meta = {"path": str(args.init_checkpoint), "sha256": sha256_file(args.init_checkpoint)}
+        args.crop = ck["arch"].get("crop", args.crop)
+        init_meta = {"path": str(start_from), "sha256": sha256_file(start_from)}
     net = build_model(widths, 7, args.dropout)
-    if args.init_checkpoint:
+    if args.init_checkpoint and not args.export_from:
         net.load_state_dict(ck["state_dict"])
         log(f"initialised from {args.init_checkpoint}")
     if args.lr is None:
         args.lr = 0.01 if args.init_checkpoint else 0.1
+    teacher, teacher_meta = None, None
+    if args.teacher and not args.export_from:
+        tk = torch.load(args.teacher, map_location="cpu", weights_only=False)
+        teacher = build_model(tuple(tk["arch"]["widths"]), 7, tk["arch"].get("dropout", 0.0))
+        teacher.load_state_dict(tk["state_dict"])
+        teacher = teacher.to(dev).to(memory_format=torch.channels_last).eval()
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
+        teacher_meta = {"path": str(args.teacher), "sha256": sha256_file(args.teacher)}
+        log(
+            f"distilling from {args.teacher} (weight {args.kd_weight}, "
+            f"temperature {args.kd_temperature})"
+        )
     net = net.to(dev).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in net.parameters())
     log(f"model widths {widths}, {n_params} parameters")
@@ -452,7 +527,7 @@ def main(argv=None):
         nesterov=True,
     )
     steps_per_epoch = math.ceil(len(tr_idx) / args.batch_size)
-    epochs = args.epochs
+    epochs = 0 if args.export_from else args.epochs  # export only: the loop does nothing
     replay = {}
     if args.replay_schedule:  # per-epoch plan of an earlier run
         with Path(args.replay_schedule).open() as f:
@@ -474,17 +549,10 @@ def main(argv=None):
     def logits_on(model, x, mode, bs=512, fast=False):
         model.eval()
         outs = []
-        off = (SIZE - args.crop) // 2
         for i in range(0, len(x), bs):
-            xb = x[i : i + bs]
-            if mode.startswith("center"):
-                xb = xb[:, :, off : off + args.crop, off : off + args.crop]
-            xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = x[i : i + bs].contiguous(memory_format=torch.channels_last)
             with torch.autocast(autocast_dev, dtype=torch.bfloat16, enabled=fast):
-                y = model(xb).float()
-                if mode.endswith("flip"):
-                    y = (y + model(torch.flip(xb, dims=[3])).float()) * 0.5
-            outs.append(y)
+                outs.append(tta_logits(model, xb, mode, args.crop))
         return torch.cat(outs)
 
     def acc(model, mode):
@@ -541,6 +609,22 @@ def main(argv=None):
                 loss = -(tb * nnf.log_softmax(out_, 1)).sum(1).mean()
             else:
                 loss = nnf.cross_entropy(out_, yb, label_smoothing=args.label_smoothing)
+            if teacher is not None:
+                # Hinton et al.: KL between temperature-softened distributions, scaled by T^2
+                # so its gradient keeps the size of the hard-label term's
+                t_ = args.kd_temperature
+                with (
+                    torch.no_grad(),
+                    torch.autocast(autocast_dev, dtype=torch.bfloat16, enabled=use_bf16),
+                ):
+                    t_logits = teacher(xb).float()
+                kd = nnf.kl_div(
+                    nnf.log_softmax(out_ / t_, 1),
+                    nnf.log_softmax(t_logits / t_, 1),
+                    reduction="batchmean",
+                    log_target=True,
+                ) * (t_ * t_)
+                loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -626,12 +710,12 @@ def main(argv=None):
     log(f"training done in {train_wall:.0f}s, {len(epoch_times)} epochs; best val {best}")
 
     # ---- choose the test-time mode on VALIDATION, export
-    ck = torch.load(out / f"{stem}.best.pt", map_location="cpu", weights_only=False)
+    best_path = Path(args.export_from) if args.export_from else out / f"{stem}.best.pt"
+    ck = torch.load(best_path, map_location="cpu", weights_only=False)
     final = build_model(widths, 7, args.dropout)
     final.load_state_dict(ck["state_dict"])
     final.eval()
     x_val_cpu, y_val_cpu = x_val.cpu(), y_val.cpu()
-    cost = {"full": 1, "center": 0.7, "full_flip": 2, "center_flip": 1.4}
     mode_acc = {}
     with torch.no_grad():
         for mode in args.test_modes.split(","):
@@ -641,7 +725,7 @@ def main(argv=None):
     best_acc = max(mode_acc.values())
     mode = min(
         (m for m, a_ in mode_acc.items() if a_ >= best_acc - args.mode_tolerance),
-        key=lambda m: cost[m],
+        key=lambda m: mode_cost(m, args.crop),
     )
     log(f"validation accuracy by test-time mode (fp32): {mode_acc} -> baked into ONNX: {mode}")
 
@@ -657,52 +741,68 @@ def main(argv=None):
         },
         pt_path,
     )
-    deploy = make_export_module(final, mode, args.crop).eval()
-    onnx_path = out / f"{stem}.onnx"
-    dummy = torch.randn(4, 1, SIZE, SIZE)
-    with warnings.catch_warnings():  # the legacy (TorchScript) exporter is chosen on purpose
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            deploy,
-            (dummy,),
-            str(onnx_path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probe = x_val_cpu[:64].contiguous()
-    with torch.no_grad():
-        ref = deploy(probe).numpy()
-    got = sess.run(["logits"], {"input": probe.numpy().astype(np.float32)})[0]
-    max_diff = float(np.abs(ref - got).max())
-    log(f"ONNX check: max |torch - onnxruntime| = {max_diff:.2e}")
-    if max_diff > 1e-4:
-        raise SystemExit(f"ONNX output differs from torch by {max_diff}")
+    def export(mode_: str, onnx_path: Path):
+        """Export ``final`` with a test-time mode baked in; check it against torch; return
+        its (validation accuracy, test accuracy or None) measured on the exported graph."""
+        deploy = make_export_module(final, mode_, args.crop).eval()
+        with warnings.catch_warnings():  # the legacy (TorchScript) exporter is chosen on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                deploy,
+                (torch.randn(4, 1, SIZE, SIZE),),
+                str(onnx_path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        probe = x_val_cpu[:64].contiguous()
+        with torch.no_grad():
+            ref = deploy(probe).numpy()
+        got = sess.run(["logits"], {"input": probe.numpy().astype(np.float32)})[0]
+        max_diff = float(np.abs(ref - got).max())
+        log(f"ONNX check {onnx_path.name}: max |torch - onnxruntime| = {max_diff:.2e}")
+        if max_diff > 1e-4:
+            raise SystemExit(f"ONNX output of {onnx_path} differs from torch by {max_diff}")
 
-    # val accuracy of the exported graph itself
-    va_logits = np.concatenate(
-        [
-            sess.run(["logits"], {"input": x_val_cpu[i : i + 512].numpy()})[0]
-            for i in range(0, len(x_val_cpu), 512)
-        ]
-    )
-    val_accuracy = float((va_logits.argmax(1) == y_val_cpu.numpy()).mean())
-    test_accuracy = None
-    if args.test_data:  # reporting only, after selection
-        dt = np.load(args.test_data)
-        xt = ((dt["images"].astype(np.float32) / 255 - MEAN) / STD)[:, None]
-        lt = np.concatenate(
-            [sess.run(["logits"], {"input": xt[i : i + 512]})[0] for i in range(0, len(xt), 512)]
-        )
-        test_accuracy = float((lt.argmax(1) == dt["labels"]).mean())
-        data_sha[Path(args.test_data).name] = sha256_file(args.test_data)
-        log(f"test accuracy (reporting only, {len(xt)} images): {test_accuracy:.4f}")
+        def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+            z = np.concatenate(
+                [sess.run(["logits"], {"input": x[i : i + 512]})[0] for i in range(0, len(x), 512)]
+            )
+            return float((z.argmax(1) == y).mean())
+
+        val_acc = accuracy(x_val_cpu.numpy(), y_val_cpu.numpy())
+        test_acc = None
+        if args.test_data:  # reporting only, after selection
+            dt = np.load(args.test_data)
+            xt = ((dt["images"].astype(np.float32) / 255 - MEAN) / STD)[:, None]
+            test_acc = accuracy(xt, dt["labels"])
+            data_sha[Path(args.test_data).name] = sha256_file(args.test_data)
+            log(
+                f"{onnx_path.name}: test accuracy (reporting only, {len(xt)} images) {test_acc:.4f}"
+            )
+        return val_acc, test_acc
+
+    onnx_path = out / f"{stem}.onnx"
+    val_accuracy, test_accuracy = export(mode, onnx_path)
+    # A multi-view mode costs several passes per face; the single-pass graph of the same
+    # weights ships beside it for machines that need the speed more than the last point.
+    fast = None
+    if mode != "full":
+        fast_path = out / f"{stem}_fast.onnx"
+        fast_val, fast_test = export("full", fast_path)
+        fast = {
+            "file": fast_path.name,
+            "sha256": sha256_file(fast_path),
+            "test_time_mode": "full",
+            "val_accuracy": fast_val,
+            "test_accuracy": fast_test,
+        }
 
     try:
         import subprocess
@@ -737,7 +837,7 @@ def main(argv=None):
         "effective_epochs": len(epoch_times),
         "scheduled_epochs": epochs,
         "epoch_changes": epoch_changes,
-        "best_epoch": ck["epoch"],
+        "best_epoch": ck.get("epoch"),
         "best_weights": ck.get("which"),
         "test_time_mode": mode,
         "val_accuracy_by_mode": mode_acc,
@@ -747,14 +847,51 @@ def main(argv=None):
         "train_size": len(tr_idx),
         "val_accuracy": val_accuracy,
         "test_accuracy": test_accuracy,
+        "fast_variant": fast,
         "torch_version": torch.__version__,
         "init_checkpoint": init_meta,
+        "teacher": teacher_meta,
         "train_wall_s": round(train_wall, 1),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": os.cpu_count(),
         "git_rev": git_rev,
         "python": sys.version.split()[0],
     }
+    if args.export_from:
+        # the weights were trained by an earlier run: its sidecar says how, this one only
+        # chose the test-time mode and exported
+        src_name = Path(args.export_from).name
+        for suffix in (".best.pt", ".last.pt", ".pt"):
+            if src_name.endswith(suffix):
+                src_name = src_name[: -len(suffix)]
+                break
+        trained = Path(args.export_from).with_name(src_name + ".json")
+        run = json.loads(trained.read_text()) if trained.is_file() else {}
+        for key in (
+            "seed",
+            "train_config",
+            "effective_epochs",
+            "scheduled_epochs",
+            "epoch_changes",
+            "best_epoch",
+            "best_weights",
+            "init_checkpoint",
+            "teacher",
+            "train_wall_s",
+            "torch_version",
+            "git_rev",
+        ):
+            if key in run:
+                side[key] = run[key]
+        for name, digest in run.get("data_sha256", {}).items():
+            side["data_sha256"].setdefault(name, digest)
+        side["export"] = {
+            "from": init_meta,
+            "run_sidecar": str(trained) if run else None,
+            "args": {k: v for k, v in vars(args).items()},
+            "git_rev": git_rev,
+            "wall_s": round(time.time() - t_start, 1),
+        }
     with (out / f"{stem}.json").open("w") as f:
         json.dump(side, f, indent=2)
     log(
