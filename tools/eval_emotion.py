@@ -10,9 +10,9 @@ cv2.COLOR_GRAY2BGR). Labels are compared as canonical edged labels
   python tools/eval_emotion.py --classifier edged_fer --data ../shared/datasets/fer2013_test.npz
   python tools/eval_emotion.py --classifier edged_fer --data ../shared/datasets/fer2013_test.npz \
       --split PrivateTest --dedup-against ../shared/datasets/fer2013_train.npz --json out.json
-  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v1.onnx --image-folder DIR \
+  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v2.onnx --image-folder DIR \
       --plot cm.png
-  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v1.onnx --bench   # CPU latency
+  python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v2.onnx --bench   # CPU latency
 
 ``--onnx PATH`` evaluates a raw ONNX file described by its JSON sidecar (PATH with .json),
 re-implementing the daemon's preprocessing (gray -> resize INTER_AREA -> /255 -> (x-mean)/std),
@@ -138,6 +138,9 @@ class OnnxClassifier:
 
         self.path = Path(path)
         side = self.path.with_suffix(".json")
+        if not side.exists() and self.path.stem.endswith("_fast"):
+            # a single-pass graph is described by its multi-view sibling's sidecar
+            side = self.path.with_name(self.path.stem[: -len("_fast")] + ".json")
         self.meta = json.loads(side.read_text()) if side.exists() else {}
         so = ort.SessionOptions()
         if threads:
