@@ -326,8 +326,17 @@ CATALOG: dict[str, ModelSpec] = {
         ),
         _fer(
             "edged_fer",
-            "edged_fer/edged_fer_v1.onnx",
-            "edged's own FER model (48x48 grayscale, FER2013), ships with edged",
+            "edged_fer/edged_fer_v2.onnx",
+            "edged's own FER model (48x48 grayscale, FER2013), ships with edged; averages "
+            "10 views of each face (5 scales, mirrored) inside the graph",
+            license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
+            shipped=True,
+        ),
+        _fer(
+            "edged_fer_fast",
+            "edged_fer/edged_fer_v2_fast.onnx",
+            "edged_fer's weights in one pass per face: ~10x less compute, ~1.5 points less "
+            "accurate (models/README.md)",
             license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
             shipped=True,
         ),
@@ -337,7 +346,7 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
             license="yours: trained with tools/train_emotion.py --image-folder",
             notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
-            "models/edged_fer/edged_fer_v1.pt, then `edged models import FILE --as "
+            "models/edged_fer/edged_fer_v2.pt, then `edged models import FILE --as "
             "edged_fer_finetuned`.",
         ),
     )
@@ -394,7 +403,7 @@ PHASES: dict[str, PhaseSpec] = {
         PhaseSpec(
             "lite",
             ("yunet", "scrfd_500m"),
-            ("edged_fer",),
+            ("edged_fer", "edged_fer_fast"),
             "box",
             True,
             "YuNet (or SCRFD-0.5G) + edged's own FER model; small, works offline",

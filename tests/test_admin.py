@@ -125,7 +125,7 @@ def test_a_fine_tuned_fer_model_imports_into_its_slot_and_analyze_uses_it(
     shared: Path, tmp_path: Path, config: Path
 ) -> None:
     # The shipped model stands in for a user's fine-tuned one: same contract.
-    own = Path(__file__).resolve().parent.parent / "models/edged_fer/edged_fer_v1.onnx"
+    own = Path(__file__).resolve().parent.parent / "models/edged_fer/edged_fer_v2.onnx"
     mdir = make_models_dir(shared, tmp_path / "m", only=["yunet/face_detection_yunet_2023mar.onnx"])
     res = cli(
         "models", "import", own, "--as", "edged_fer_finetuned", "--models-dir", mdir, "-c", config
@@ -208,7 +208,12 @@ def test_verify_passes_for_good_models(shared: Path, tmp_path: Path, config: Pat
     assert res.exit_code == 0, res.output
     rows = [ln for ln in res.output.splitlines() if ln.startswith("│")]
     # The shipped model is always installed, so verify checks it too.
-    assert {r.split("│")[1].strip() for r in rows} == {"yunet", "enet_b2_7", "edged_fer"}
+    assert {r.split("│")[1].strip() for r in rows} == {
+        "yunet",
+        "enet_b2_7",
+        "edged_fer",
+        "edged_fer_fast",
+    }
     assert all("cpu" in r and " ok " in r for r in rows)
 
 

@@ -1,4 +1,7 @@
-"""edged's own emotion model (models/edged_fer): shipped file, sidecar, accuracy smoke test.
+"""edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
+
+``edged_fer`` averages ten views of each face inside its graph (five scales, each mirrored);
+``edged_fer_fast`` is the same weights in one pass. Both go through the same loader.
 
 Uses FER2013 test images from ``../shared/datasets`` (or ``$EDGED_SHARED``), read in place.
 """
@@ -16,8 +19,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "models" / "edged_fer"
-ONNX = MODEL_DIR / "edged_fer_v1.onnx"
-SIDECAR = MODEL_DIR / "edged_fer_v1.json"
+ONNX = MODEL_DIR / "edged_fer_v2.onnx"
+FAST = MODEL_DIR / "edged_fer_v2_fast.onnx"
+SIDECAR = MODEL_DIR / "edged_fer_v2.json"
+SHIPPED = {"edged_fer": ONNX, "edged_fer_fast": FAST}
+# the views the sidecar's test-time mode names: input sizes, each also mirrored
+VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
     "angry": "angry",
     "disgust": "disgusted",
@@ -62,9 +69,9 @@ def sidecar() -> dict:
     return json.loads(SIDECAR.read_text())
 
 
-@pytest.fixture(scope="module")
-def clf(tmp_path_factory: pytest.TempPathFactory):
-    """The shipped model, loaded the way the daemon loads it: catalogue spec + loader.
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def clf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A shipped model, loaded the way the daemon loads it: catalogue spec + loader.
 
     The models directory is empty: a shipped model must not need one.
     """
@@ -72,28 +79,60 @@ def clf(tmp_path_factory: pytest.TempPathFactory):
     from edged.loader import load_classifier
     from edged.providers import SessionFactory
 
-    spec = CATALOG["edged_fer"]
+    spec = CATALOG[request.param]
     assert spec.shipped and spec.kind == "emotion"
     return load_classifier(
         spec, tmp_path_factory.mktemp("no_models"), SessionFactory(providers=["cpu"])
     )
 
 
-def test_files_shipped_and_small() -> None:
-    assert ONNX.is_file(), f"{ONNX} missing"
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _daemon_input(crops: list[np.ndarray]) -> np.ndarray:
+    """The documented preprocessing, written out independently of the package."""
+    x = np.stack(
+        [
+            cv2.resize(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+            for c in crops
+        ]
+    ).astype(np.float32)[:, None]
+    return (x / 255.0 - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("path", [ONNX, FAST], ids=lambda p: p.name)
+def test_files_shipped_and_small(path: Path) -> None:
     assert SIDECAR.is_file(), f"{SIDECAR} missing"
-    assert ONNX.stat().st_size < 10_000_000
+    assert path.is_file(), f"{path} missing"
+    assert path.stat().st_size < 10_000_000
 
 
-def test_sidecar_sha256_matches(sidecar: dict) -> None:
+def test_sidecar_sha256_matches_both_graphs(sidecar: dict) -> None:
     assert hashlib.sha256(ONNX.read_bytes()).hexdigest() == sidecar["sha256"]
+    assert sidecar["fast_variant"]["file"] == FAST.name
+    assert hashlib.sha256(FAST.read_bytes()).hexdigest() == sidecar["fast_variant"]["sha256"]
 
 
-def test_sidecar_matches_catalogue(sidecar: dict) -> None:
+def test_sidecar_records_a_test_time_mode_chosen_on_validation(sidecar: dict) -> None:
+    modes = sidecar["val_accuracy_by_mode"]
+    chosen = sidecar["test_time_mode"]
+    assert chosen == "ms" + "-".join(map(str, VIEW_SIZES)) + "_flip"
+    assert modes[chosen] == max(modes.values())
+    assert sidecar["fast_variant"]["test_time_mode"] == "full"
+    # the single pass is one of the compared modes, and the exported graphs reproduce them
+    assert abs(sidecar["fast_variant"]["val_accuracy"] - modes["full"]) < 1e-6
+    assert abs(sidecar["val_accuracy"] - modes[chosen]) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_sidecar_matches_catalogue(sidecar: dict, name: str) -> None:
     from edged.catalog import CATALOG
 
-    spec = CATALOG["edged_fer"]
-    assert spec.files == ("edged_fer/edged_fer_v1.onnx",)
+    spec = CATALOG[name]
+    assert spec.files == (f"edged_fer/{SHIPPED[name].name}",)
     assert list(spec.labels) == sidecar["labels"]
     assert list(spec.mean) == sidecar["mean"] and list(spec.std) == sidecar["std"]
     assert spec.input_size == sidecar["size"] == 48
@@ -102,10 +141,9 @@ def test_sidecar_matches_catalogue(sidecar: dict) -> None:
         assert key in sidecar
 
 
-def test_onnx_contract() -> None:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+@pytest.mark.parametrize("path", [ONNX, FAST], ids=lambda p: p.name)
+def test_onnx_contract(path: Path) -> None:
+    sess = _session(path)
     (inp,) = sess.get_inputs()
     (out,) = sess.get_outputs()
     assert inp.name == "input" and inp.shape[1:] == [1, 48, 48] and isinstance(inp.shape[0], str)
@@ -134,18 +172,9 @@ def test_batched_equals_one_by_one(clf, fer_subset) -> None:
 
 def test_loader_matches_raw_onnx_with_daemon_preprocessing(clf, fer_subset) -> None:
     """The package path gives what the exported graph gives on the documented preprocessing."""
-    import onnxruntime as ort
-
     crops = fer_subset[0][::25]
-    sess = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
-    x = np.stack(
-        [
-            cv2.resize(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
-            for c in crops
-        ]
-    ).astype(np.float32)[:, None]
-    x = (x / 255.0 - 0.5) / 0.5
-    z = sess.run(["logits"], {"input": x})[0].astype(np.float64)
+    sess = _session(SHIPPED[clf.spec.name])
+    z = sess.run(["logits"], {"input": _daemon_input(crops)})[0].astype(np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     order = [
@@ -154,7 +183,41 @@ def test_loader_matches_raw_onnx_with_daemon_preprocessing(clf, fer_subset) -> N
     np.testing.assert_allclose(np.asarray(clf(crops))[:, order], p, atol=1e-4)
 
 
-def test_lite_phase_uses_the_shipped_model() -> None:
+def test_multi_view_graph_is_the_mean_of_single_passes_over_scaled_and_mirrored_views(
+    fer_subset,
+) -> None:
+    """What edged_fer computes, spelled out: the fast graph's logits averaged over the input
+    resized (bilinear, half-pixel centres) to each size of the mode, and mirrored."""
+    import onnx
+    import onnxruntime as ort
+
+    x = _daemon_input(fer_subset[0][::7])
+    full = _session(ONNX)
+    # the fast graph is fully convolutional up to a global pooling: free its 48x48 input
+    # shape so that it runs on each view size
+    graph = onnx.load(str(FAST))
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del graph.graph.value_info[:]
+    fast = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    views = []
+    for size in VIEW_SIZES:
+        v = (
+            x
+            if size == 48
+            else np.stack(
+                [cv2.resize(im[0], (size, size), interpolation=cv2.INTER_LINEAR) for im in x]
+            )[:, None]
+        )
+        views += [v, np.ascontiguousarray(v[..., ::-1])]
+    expected = np.mean([fast.run(["logits"], {"input": v})[0] for v in views], axis=0)
+    got = full.run(["logits"], {"input": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # and the views matter: a single pass is measurably different
+    assert np.abs(fast.run(["logits"], {"input": x})[0] - got).max() > 1e-2
+
+
+def test_lite_phase_uses_the_shipped_models_accurate_first() -> None:
     from edged.catalog import PHASES
 
-    assert PHASES["lite"].classifiers[0] == "edged_fer"
+    assert PHASES["lite"].classifiers == ("edged_fer", "edged_fer_fast")
