@@ -86,6 +86,24 @@ def test_image_gives_contract_json_and_an_annotated_copy(
     assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # boxes were drawn
 
 
+def test_lite_phase_classifies_both_faces_with_the_shipped_multi_view_model(
+    tmp_path: Path, images: Path, models_dir: Path
+) -> None:
+    proc = edged(
+        "analyze", images / "s_l.jpg", "--models-dir", models_dir, "--phase", "lite",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = json_lines(proc.stdout)
+    assert obj["models"] == {"detector": "yunet", "classifier": "edged_fer"}
+    assert len(obj["faces"]) == 2
+    seven = {"neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised"}
+    for face in obj["faces"]:
+        assert set(face["scores"]) == seven  # a 7-class model never says contemptuous
+        assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert face["confidence"] > 1 / 7 + 0.1  # a trained model, not a flat guess
+
+
 def test_video_gives_one_json_line_per_frame_and_an_annotated_video(
     tmp_path: Path, clip: Path, models_dir: Path
 ) -> None:
