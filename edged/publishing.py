@@ -256,6 +256,9 @@ class Publisher:
         self._spool = spool if spool is not None else self._open_spool(settings)
 
         self._cv = threading.Condition()
+        # Held while acknowledged rows leave the spool and their counters move, and by
+        # stats(): a reader never sees a drained spool with its events not yet counted.
+        self._ack_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._persist_lock = threading.Lock()
@@ -716,7 +719,7 @@ class Publisher:
 
     def stats(self) -> dict[str, Any]:
         """Counters for heartbeat, /health and /metrics."""
-        with self._cv:
+        with self._ack_lock, self._cv:
             return {
                 "connected": self._connected,
                 "spool_pending": self._spool.pending(),
@@ -916,14 +919,15 @@ class Publisher:
             acked, self._acked = self._acked, []
         if not acked:
             return
-        self._spool.ack_many([sid for sid, _ in acked])
         rejected = [sid for sid, bad in acked if bad]
-        with self._cv:
-            self._events_published += len(acked) - len(rejected)
-            self._events_rejected += len(rejected)
-            if rejected:
-                self._last_error = f"broker rejected {len(rejected)} event(s)"
-            self._cv.notify_all()
+        with self._ack_lock:
+            self._spool.ack_many([sid for sid, _ in acked])
+            with self._cv:
+                self._events_published += len(acked) - len(rejected)
+                self._events_rejected += len(rejected)
+                if rejected:
+                    self._last_error = f"broker rejected {len(rejected)} event(s)"
+                self._cv.notify_all()
         if rejected:
             log.warning(
                 "mqtt_events_rejected",
