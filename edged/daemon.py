@@ -110,6 +110,22 @@ def run_daemon(settings: Settings, config_path: Path | None) -> int:
     return asyncio.run(Daemon(settings, config_path).run())
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes, honouring cancellation.
+
+    ``asyncio.wait_for`` before Python 3.12 returns the inner result instead of raising
+    when a cancellation arrives in the same loop iteration as the inner completion
+    (CPython gh-86296); with frames setting the event many times a second that race is
+    real, and a cancelled loop would keep running through shutdown. ``asyncio.wait``
+    never swallows the cancellation.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+
+
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking call on a fresh daemon thread (never joined at interpreter exit)."""
     future: Future[T] = Future()
@@ -320,11 +336,20 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         """Bounded: flush tracks, stop cameras together, publish offline, close."""
-        for task in [*self._tasks, *self._reloads]:
+        tasks = [*self._tasks, *self._reloads]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._reloads]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # The loops also end on the stop flag, so a cancellation lost somewhere cannot
+        # hold the stop; the wait is bounded all the same.
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S / 4)
+            if pending:
+                log.warning("tasks_not_stopped", tasks=sorted(t.get_name() for t in pending))
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning(
+                    "task_failed_while_stopping", task=task.get_name(), error=repr(task.exception())
+                )
         # A reload that was past its last await holds the lock until it finished applying.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._reload_lock.acquire(), SHUTDOWN_TIMEOUT_S / 4)
@@ -386,7 +411,7 @@ class Daemon:
     async def _schedule_loop(self) -> None:
         """Collect due frames, run one batch at a time on the inference thread."""
         assert self._infer is not None
-        while True:
+        while not self._stop.is_set():
             # Cleared before looking, so a frame arriving meanwhile wakes the wait below.
             self._frame_ready.clear()
             now = time.monotonic()
@@ -402,8 +427,7 @@ class Daemon:
             pipeline = self.pipeline
             if not batch or pipeline is None:
                 await self._expire_idle_tracks()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._frame_ready.wait(), self._idle_timeout(now))
+                await wait_event(self._frame_ready, self._idle_timeout(now))
                 continue
             self.rt.busy_since = time.monotonic()
             try:
@@ -520,7 +544,7 @@ class Daemon:
         """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
         last = 0.0
         was_connected = False
-        while True:
+        while not self._stop.is_set():
             if self.publisher is not None:
                 connected = self.publisher.connected
                 now = time.monotonic()
@@ -536,7 +560,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval is None:
             return
-        while True:
+        while not self._stop.is_set():
             busy_s = self.inference_busy_s()
             if busy_s > 4 * interval:
                 log.error("watchdog_withheld", reason="inference thread stuck", busy_s=busy_s)

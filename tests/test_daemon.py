@@ -10,6 +10,7 @@ not a hope.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ import pytest
 from mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 from edged.config import build_settings
-from edged.daemon import Daemon
+from edged.daemon import Daemon, wait_event
 from edged.errors import ConfigError
 from edged.loader import session_factory
 from edged.pipeline import build_pipeline
@@ -750,3 +751,29 @@ def test_run_refuses_to_start_without_a_usable_model_and_names_file_and_fix(
     err = res.stderr
     assert "scrfd/scrfd_10g_bnkps.onnx" in err and "edged models fetch" in err, err
     assert "Traceback" not in err
+
+
+# -- the loop's waits ------------------------------------------------------------------------
+
+
+async def test_wait_event_is_cancelled_even_when_the_event_is_set_in_the_same_iteration() -> None:
+    """The schedule loop waits for frames this way; asyncio.wait_for (Python < 3.12) returns
+    instead of raising here, and a daemon whose loop swallowed its cancellation never
+    finished stopping (seen as a SIGTERM'd daemon still publishing 20 s later)."""
+    ev = asyncio.Event()
+    task = asyncio.create_task(wait_event(ev, 10))
+    await asyncio.sleep(0)
+    ev.set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_wait_event_returns_on_set_and_on_timeout() -> None:
+    ev = asyncio.Event()
+    t0 = time.monotonic()
+    await wait_event(ev, 0.05)
+    assert time.monotonic() - t0 >= 0.04
+    asyncio.get_running_loop().call_later(0.01, ev.set)
+    await wait_event(ev, 10)
+    assert ev.is_set()
