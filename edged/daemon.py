@@ -346,10 +346,9 @@ class Daemon:
             if pending:
                 log.warning("tasks_not_stopped", tasks=sorted(t.get_name() for t in pending))
         for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning(
-                    "task_failed_while_stopping", task=task.get_name(), error=repr(task.exception())
-                )
+            exc = task.exception() if task.done() and not task.cancelled() else None
+            if exc is not None:
+                log.warning("task_failed_while_stopping", task=task.get_name(), error=repr(exc))
         # A reload that was past its last await holds the lock until it finished applying.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._reload_lock.acquire(), SHUTDOWN_TIMEOUT_S / 4)

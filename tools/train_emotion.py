@@ -176,7 +176,17 @@ def build_model(widths=(48, 96, 192, 256), num_classes=7, dropout=0.4):
     return EdgedFERNet()
 
 
-def parse_mode(mode: str, crop: int) -> tuple[list[int] | None, bool]:
+def load_trained(path: str | Path):
+    """A trained .pt (state_dict + arch) as an eval-mode network on the CPU, with its checkpoint."""
+    import torch
+
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_model(tuple(ck["arch"]["widths"]), 7, ck["arch"].get("dropout", 0.4))
+    net.load_state_dict(ck["state_dict"])
+    return net.eval(), ck
+
+
+def parse_mode(mode: str) -> tuple[list[int] | None, bool]:
     """Test-time mode -> (input sizes, flip). ``full`` is the 48x48 input as is, ``center``
     the training crop cut from its middle (sizes None), ``msA-B-C`` the 48x48 input resized
     to AxA, BxB, CxC (multi-scale); a ``_flip`` suffix adds the mirrored view of each."""
@@ -197,7 +207,7 @@ def parse_mode(mode: str, crop: int) -> tuple[list[int] | None, bool]:
 
 def mode_cost(mode: str, crop: int) -> float:
     """Compute of a test-time mode relative to one 48x48 pass (pixels processed)."""
-    sizes, flip = parse_mode(mode, crop)
+    sizes, flip = parse_mode(mode)
     area = (crop / SIZE) ** 2 if sizes is None else sum((v / SIZE) ** 2 for v in sizes)
     return area * (2 if flip else 1)
 
@@ -208,7 +218,7 @@ def tta_logits(net, x, mode: str, crop: int):
     import torch
     import torch.nn.functional as nnf
 
-    sizes, flip = parse_mode(mode, crop)
+    sizes, flip = parse_mode(mode)
     if sizes is None:
         off = (SIZE - crop) // 2
         views = [x[:, :, off : off + crop, off : off + crop]]
@@ -232,7 +242,7 @@ def make_export_module(net, mode: str, crop: int):
     test-time mode chosen on validation (one network; the views are averaged in-graph)."""
     import torch.nn as nn
 
-    parse_mode(mode, crop)  # fail before export on a bad mode
+    parse_mode(mode)  # fail before export on a bad mode
 
     class Deploy(nn.Module):
         def __init__(self):
@@ -494,10 +504,8 @@ def main(argv=None):
         args.lr = 0.01 if args.init_checkpoint else 0.1
     teacher, teacher_meta = None, None
     if args.teacher and not args.export_from:
-        tk = torch.load(args.teacher, map_location="cpu", weights_only=False)
-        teacher = build_model(tuple(tk["arch"]["widths"]), 7, tk["arch"].get("dropout", 0.0))
-        teacher.load_state_dict(tk["state_dict"])
-        teacher = teacher.to(dev).to(memory_format=torch.channels_last).eval()
+        teacher, _ = load_trained(args.teacher)
+        teacher = teacher.to(dev).to(memory_format=torch.channels_last)
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
         teacher_meta = {"path": str(args.teacher), "sha256": sha256_file(args.teacher)}
@@ -711,10 +719,7 @@ def main(argv=None):
 
     # ---- choose the test-time mode on VALIDATION, export
     best_path = Path(args.export_from) if args.export_from else out / f"{stem}.best.pt"
-    ck = torch.load(best_path, map_location="cpu", weights_only=False)
-    final = build_model(widths, 7, args.dropout)
-    final.load_state_dict(ck["state_dict"])
-    final.eval()
+    final, ck = load_trained(best_path)
     x_val_cpu, y_val_cpu = x_val.cpu(), y_val.cpu()
     mode_acc = {}
     with torch.no_grad():
@@ -742,6 +747,12 @@ def main(argv=None):
         pt_path,
     )
     import onnxruntime as ort
+
+    test_set = None
+    if args.test_data:  # reporting only, after selection; read and hashed once
+        dt = np.load(args.test_data)
+        test_set = (((dt["images"].astype(np.float32) / 255 - MEAN) / STD)[:, None], dt["labels"])
+        data_sha[Path(args.test_data).name] = sha256_file(args.test_data)
 
     def export(mode_: str, onnx_path: Path):
         """Export ``final`` with a test-time mode baked in; check it against torch; return
@@ -778,13 +789,11 @@ def main(argv=None):
 
         val_acc = accuracy(x_val_cpu.numpy(), y_val_cpu.numpy())
         test_acc = None
-        if args.test_data:  # reporting only, after selection
-            dt = np.load(args.test_data)
-            xt = ((dt["images"].astype(np.float32) / 255 - MEAN) / STD)[:, None]
-            test_acc = accuracy(xt, dt["labels"])
-            data_sha[Path(args.test_data).name] = sha256_file(args.test_data)
+        if test_set is not None:
+            test_acc = accuracy(*test_set)
             log(
-                f"{onnx_path.name}: test accuracy (reporting only, {len(xt)} images) {test_acc:.4f}"
+                f"{onnx_path.name}: test accuracy (reporting only, {len(test_set[1])} images) "
+                f"{test_acc:.4f}"
             )
         return val_acc, test_acc
 
