@@ -12,7 +12,7 @@ against it and the CLI can list it without loading ONNX Runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +66,115 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ModelKind = Literal["detector", "emotion"]
 Family = Literal["scrfd", "yunet", "retinaface", "hsemotion", "efficientvit", "fer"]
 CropMode = Literal["box", "align"]
+#: A phase's crop: one of the two modes, or ``model`` (the classifier's own first crop).
+PhaseCrop = Literal["model", "box", "align"]
+Border = Literal["replicate", "constant"]
+
+#: InsightFace's ArcFace template (left eye, right eye, nose, left and right mouth corner,
+#: left/right as seen in the image) in unit crop coordinates (its 112 px crop / 112).
+ARCFACE_UNIT: tuple[tuple[float, float], ...] = (
+    (38.2946 / 112, 51.6963 / 112),
+    (73.5318 / 112, 51.5014 / 112),
+    (56.0252 / 112, 71.7366 / 112),
+    (41.5493 / 112, 92.3655 / 112),
+    (70.7299 / 112, 92.2041 / 112),
+)
+
+#: Where the 5 landmarks sit in FER2013's registered 48x48 faces, in unit crop coordinates:
+#: the mean of the YuNet and the SCRFD-0.5G median over the first 4,000 training images
+#: enlarged 4x with a replicated border (the two detectors agree within 0.015 of the side;
+#: `tools/fer_crops.py --data fer2013_train.npz --framing --limit 4000`). Aligning a camera
+#: face onto these points frames it the way FER2013 framed its faces, whichever detector
+#: found it.
+FER2013_UNIT: tuple[tuple[float, float], ...] = (
+    (0.3103, 0.3840),
+    (0.6845, 0.3790),
+    (0.4959, 0.5870),
+    (0.3517, 0.7536),
+    (0.6527, 0.7517),
+)
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How one classifier's training faces were framed; edged cuts camera faces the same way.
+
+    A model only recognises faces framed like the ones it learnt from, so the framing is a
+    property of the model (catalogue, or the sidecar of a model trained here), never of the
+    phase. Every crop is square and keeps the face's aspect ratio.
+
+    - ``box``: a square window of side ``scale * max(w, h)`` of the detector's box, centred
+      on the box centre moved by ``shift`` (fractions of the window side).
+    - ``align``: a similarity warp (rotation, uniform scale, shift) that puts the 5
+      landmarks onto ``template`` (unit coordinates of the crop), zoomed out by ``scale``
+      about the crop centre and moved by ``shift``.
+
+    ``border`` fills what falls outside the frame: ``replicate`` (the edge pixels) avoids the
+    hard black band a face at the edge of a frame would otherwise get, which no training
+    face had; ``constant`` is black.
+    """
+
+    mode: CropMode
+    scale: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    template: tuple[tuple[float, float], ...] = ARCFACE_UNIT
+    border: Border = "replicate"
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.scale <= 20:
+            raise ValueError(f"crop scale must be in [0.05, 20], got {self.scale}")
+        if self.mode == "align" and len(self.template) != 5:
+            raise ValueError("an aligned crop needs a 5-point template")
+
+    def zoomed(self, factor: float) -> CropSpec:
+        """The same framing with the window grown by ``factor`` (``[pipeline] crop_margin``)."""
+        return replace(self, scale=self.scale * factor)
+
+    def to_json(self) -> dict[str, object]:
+        """The sidecar form (``crop`` key); :meth:`from_json` reads it back."""
+        out: dict[str, object] = {
+            "mode": self.mode,
+            "scale": self.scale,
+            "shift": list(self.shift),
+            "border": self.border,
+        }
+        if self.mode == "align":
+            out["template"] = [list(p) for p in self.template]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> CropSpec:
+        mode = data.get("mode")
+        if mode not in ("box", "align"):
+            raise ValueError(f"crop mode must be 'box' or 'align', got {mode!r}")
+        border = data.get("border", "replicate")
+        if border not in ("replicate", "constant"):
+            raise ValueError(f"crop border must be 'replicate' or 'constant', got {border!r}")
+        shift = data.get("shift", (0.0, 0.0))
+        tmpl = data.get("template", ARCFACE_UNIT)
+        assert isinstance(shift, (list, tuple)) and isinstance(tmpl, (list, tuple))
+        scale = data.get("scale", 1.0)
+        assert isinstance(scale, (int, float))
+        return cls(
+            mode=mode,
+            scale=float(scale),
+            shift=(float(shift[0]), float(shift[1])),
+            template=tuple((float(p[0]), float(p[1])) for p in tmpl),
+            border=border,
+        )
+
+
+#: HSEmotion's models learnt from AffectNet/VGAF face boxes cut without a margin; 5-point
+#: alignment (the seed's phase 2/3) frames them like the ArcFace template with 20 % more
+#: context on each side (1.4x), which is what edged used before crops became per model.
+HSEMOTION_CROPS = (CropSpec("box", 1.0), CropSpec("align", 1.4))
+
+#: edged_fer v2 learnt from FER2013's registered faces, so it is framed like them: a square
+#: box about the detectors' median box-to-image ratio (YuNet 0.968, SCRFD-0.5G 0.932 of the
+#: image side), or the landmarks aligned onto FER2013's own positions (above). Scale and
+#: mode chosen on the selection half of the real photos among box 0.95/1.045 and align
+#: 0.9/0.95/1.0/1.05/1.1 by macro-F1 of both v2 graphs (models/README.md).
+FER2013_CROPS = (CropSpec("box", 1.045), CropSpec("align", 0.9, template=FER2013_UNIT))
 
 _HSE_BASE = (
     "https://github.com/HSE-asavchenko/face-emotion-recognition/raw/main/models/"
@@ -115,6 +224,22 @@ class ModelSpec:
     size_hint: int = 0
     notes: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    #: The framings of the model's training faces, its own (preferred) one first; a phase
+    #: that asks for a mode takes the first crop of that mode (see :meth:`crop_for`).
+    crops: tuple[CropSpec, ...] = HSEMOTION_CROPS
+
+    def crop_for(self, mode: PhaseCrop) -> CropSpec:
+        """The model's crop for a phase's (or the config's) crop mode.
+
+        ``model`` is the model's own first crop. A mode the model lists is used with the
+        model's parameters; a mode it does not list falls back to its own crop, because a
+        framing the model never saw is worse than the other mode framed right.
+        """
+        if mode != "model":
+            for crop in self.crops:
+                if crop.mode == mode:
+                    return crop
+        return self.crops[0]
 
     @property
     def canonical_labels(self) -> tuple[str, ...]:
@@ -200,6 +325,7 @@ def _fer(
         color="gray",
         mean=(0.5,),
         std=(0.5,),
+        crops=FER2013_CROPS,
         shipped=shipped,
         license=license,
         notes=notes,
@@ -360,7 +486,7 @@ class PhaseSpec:
     name: str
     detectors: tuple[str, ...]
     classifiers: tuple[str, ...]
-    crop: CropMode
+    crop: PhaseCrop
     smoothing: bool
     description: str
 
@@ -404,7 +530,7 @@ PHASES: dict[str, PhaseSpec] = {
             "lite",
             ("yunet", "scrfd_500m"),
             ("edged_fer", "edged_fer_fast"),
-            "box",
+            "model",
             True,
             "YuNet (or SCRFD-0.5G) + edged's own FER model; small, works offline",
         ),

@@ -181,15 +181,22 @@ class PipelineSettings(_Section):
     tensorrt_fp16: bool = True
     intra_op_threads: int = Field(default=0, ge=0, le=256)
     det_size: int = Field(default=640, ge=128, le=2048)
+    #: A frame smaller than det_size is enlarged at most this much (1 = never): enlarged
+    #: close-up faces outgrow the detectors' anchors and are missed.
+    det_max_upscale: float = Field(default=1.0, ge=1.0, le=8.0)
     #: 0 = the detector's own calibrated default (SCRFD 0.5, YuNet 0.6: YuNet scores run
     #: higher on non-faces, so one shared number would favour one family).
     det_threshold: float = Field(default=0.0, ge=0, lt=1)
     nms_threshold: float = Field(default=0.4, gt=0, le=1)
     min_face_px: int = Field(default=20, ge=0)
     max_faces: int = Field(default=32, ge=1, le=1024)
-    #: ``auto`` follows the phase (alignment for sota_phase2/3, box crop otherwise).
-    crop: Literal["auto", "box", "align"] = "auto"
-    crop_margin: float = Field(default=0.2, ge=0, le=2)
+    #: ``auto`` follows the phase (alignment for sota_phase2/3, box crop for phase1 and
+    #: current, the model's own crop for lite). The framing (context, centre, border) is
+    #: always the classifier's own, from the catalogue: see models/README.md.
+    crop: Literal["auto", "model", "box", "align"] = "auto"
+    #: 0: the model's own framing. Otherwise the model's crop window grows by 1 + 2 x margin
+    #: (negative shrinks it); for experiments, models are right framed their own way.
+    crop_margin: float = Field(default=0.0, ge=-0.3, le=2)
     #: Faces classified in one batched call at most (larger sets are split).
     max_batch: int = Field(default=64, ge=1, le=1024)
 

@@ -96,6 +96,7 @@ MODEL_KEYS: tuple[str, ...] = (
     "tensorrt_fp16",
     "intra_op_threads",
     "det_size",
+    "det_max_upscale",
     "crop",
 )
 

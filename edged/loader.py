@@ -35,7 +35,7 @@ from typing import Any
 import onnxruntime as ort
 import structlog
 
-from edged.catalog import CATALOG, PHASES, CropMode, ModelSpec
+from edged.catalog import CATALOG, PHASES, ModelSpec, PhaseCrop
 from edged.classification import CLASSIFIERS, Classifier
 from edged.config import PipelineSettings, Settings
 from edged.detection import DETECTORS, Detector
@@ -68,7 +68,9 @@ class LoadedModels:
 
     detector: Detector
     classifier: Classifier | None
-    crop: CropMode
+    #: The crop mode asked for (``model``: the classifier's own); the framing itself is the
+    #: classifier's :class:`~edged.catalog.CropSpec` of that mode.
+    crop: PhaseCrop
     smoothing: bool
     phase: str
     #: ``{"detector": name, "classifier": name or None}``
@@ -212,6 +214,7 @@ def load_detector(
             sessions[0],
             provider,
             det_size=pipeline_settings.det_size,
+            max_upscale=pipeline_settings.det_max_upscale,
             threshold=pipeline_settings.det_threshold or spec.default_threshold,
             nms_threshold=pipeline_settings.nms_threshold,
             min_face_px=pipeline_settings.min_face_px,
@@ -319,7 +322,8 @@ def resolve(
 
     Explicit names (arguments, else ``pipeline_settings.detector``/``.classifier``) are
     strict. ``with_classifier=False`` builds a detection-only set (``classifier`` None).
-    The crop mode is ``pipeline_settings.crop`` unless ``auto``, then the phase's.
+    The crop mode is ``pipeline_settings.crop`` unless ``auto``, then the phase's (the
+    framing itself comes from the classifier's catalogue spec).
     """
     phase_name = phase or pipeline_settings.phase
     if phase_name not in PHASES:
@@ -357,7 +361,7 @@ def resolve(
         assert cls_obj is not None and cls_name is not None
         providers[cls_name] = cls_obj.provider
 
-    crop: CropMode = ph.crop if pipeline_settings.crop == "auto" else pipeline_settings.crop
+    crop: PhaseCrop = ph.crop if pipeline_settings.crop == "auto" else pipeline_settings.crop
     log.info(
         "models_resolved",
         phase=phase_name,

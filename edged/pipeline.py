@@ -1,11 +1,12 @@
 """Frames in, faces with emotions out: detection → crop/alignment → one batched classification.
 
 :class:`Pipeline` detects faces in every frame it is given, cuts all faces of all those
-frames at the classifier's input size (box crop with margin, or 5-point alignment, as the
-phase says), classifies them in **one** batched call (split only above ``max_batch``), and
-splits the probabilities back per frame. Batching is the point: an EfficientNet on a crowd
-of 150 faces is ~150× cheaper per face as one batch than as 150 calls on a GPU, and still
-clearly cheaper on a CPU.
+frames at the classifier's input size, framed the way that classifier's training faces were
+(its :class:`~edged.catalog.CropSpec`: a square box window or 5-point alignment, as the
+phase's crop mode picks), classifies them in **one** batched call (split only above
+``max_batch``), and splits the probabilities back per frame. Batching is the point: an
+EfficientNet on a crowd of 150 faces is ~150× cheaper per face as one batch than as 150
+calls on a GPU, and still clearly cheaper on a CPU.
 
 The hot path is numpy end to end; the only per-face Python work is building the
 :class:`Face` objects the callers consume. Per-stage wall times are kept in
@@ -28,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edged.alignment import align_crops, box_crops
-from edged.catalog import CropMode
+from edged.alignment import face_crops
+from edged.catalog import CropSpec, PhaseCrop
 from edged.classification import Classifier
 from edged.config import Settings
 from edged.detection import Detections, Detector
@@ -143,26 +144,51 @@ class PipelineStats:
 
 
 class Pipeline:
-    """Detector + optional classifier + crop mode; see the module docstring."""
+    """Detector + optional classifier + crop mode; see the module docstring.
+
+    ``crop_mode`` picks the classifier's crop of that mode (``model``: its own first one);
+    ``crop_margin`` 0 keeps the model's framing, another number grows its window by
+    ``1 + 2 * crop_margin`` (for experiments; a model is only right framed its own way).
+    """
 
     def __init__(
         self,
         detector: Detector,
         classifier: Classifier | None,
-        crop_mode: CropMode = "box",
-        crop_margin: float = 0.2,
+        crop_mode: PhaseCrop = "model",
+        crop_margin: float = 0.0,
         max_batch: int = 64,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.detector = detector
         self.classifier = classifier
-        self.crop_mode: CropMode = crop_mode
-        self.crop_margin = crop_margin
+        self.crop_mode: PhaseCrop = crop_mode
+        self._crop_margin = crop_margin
+        self.crop: CropSpec | None = None
+        self._set_crop()
         self.max_batch = max_batch
         self.stats = PipelineStats()
         #: What :func:`build_pipeline` resolved (phase, fallbacks); None when built directly.
         self.loaded: LoadedModels | None = None
+
+    def _set_crop(self) -> None:
+        if self.classifier is None:
+            self.crop = None
+            return
+        crop = self.classifier.spec.crop_for(self.crop_mode)
+        if self._crop_margin:
+            crop = crop.zoomed(1 + 2 * self._crop_margin)
+        self.crop = crop
+
+    @property
+    def crop_margin(self) -> float:
+        return self._crop_margin
+
+    @crop_margin.setter
+    def crop_margin(self, value: float) -> None:
+        self._crop_margin = value
+        self._set_crop()
 
     @property
     def models(self) -> dict[str, str | None]:
@@ -182,16 +208,13 @@ class Pipeline:
 
     def crops(self, frames: Sequence[Image], dets: Sequence[Detections]) -> Image:
         """All faces of all frames as one (N, S, S, 3) uint8 batch at the classifier's size."""
-        assert self.classifier is not None
+        assert self.classifier is not None and self.crop is not None
         size = self.classifier.input_size
         parts: list[Image] = []
         for frame, det in zip(frames, dets, strict=True):
             if len(det) == 0:
                 continue
-            if self.crop_mode == "align":
-                parts.append(align_crops(frame, det.landmarks, size, self.crop_margin))
-            else:
-                parts.append(box_crops(frame, det.boxes, size, self.crop_margin))
+            parts.append(face_crops(frame, det.boxes, det.landmarks, size, self.crop))
         if not parts:
             return np.zeros((0, size, size, 3), np.uint8)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

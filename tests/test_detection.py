@@ -224,15 +224,15 @@ def test_results_follow_the_image_inside_a_larger_frame(
 def test_padding_that_keeps_the_network_scale_shifts_results_exactly(
     detectors: dict[str, Any], s_l: np.ndarray, key: str
 ) -> None:
-    """s_l (400 x 328) in a 400 x 400 frame 40 px down: the same 1.6x scale, and 40 px is
-    64 network pixels, a whole number of 32-px cells, so the network sees the same
-    features; only the mapping back differs, and it must be exact."""
+    """s_l (400 x 328) in a 400 x 400 frame 64 px down: both at 1x (frames smaller than the
+    network input are not enlarged), and 64 px is two whole 32-px cells, so the network sees
+    the same features; only the mapping back differs, and it must be exact."""
     frame = np.zeros((400, 400, 3), np.uint8)
-    frame[40 : 40 + s_l.shape[0]] = s_l
+    frame[64 : 64 + s_l.shape[0]] = s_l
     base, moved = detectors[key](s_l), detectors[key](frame)
     assert len(moved) == len(base) == 2
-    np.testing.assert_allclose(moved.boxes - [0, 40, 0, 40], base.boxes, atol=1.0)
-    np.testing.assert_allclose(moved.landmarks - [0, 40], base.landmarks, atol=1.0)
+    np.testing.assert_allclose(moved.boxes - [0, 64, 0, 64], base.boxes, atol=1.0)
+    np.testing.assert_allclose(moved.landmarks - [0, 64], base.landmarks, atol=1.0)
 
 
 @pytest.mark.parametrize("key", ALL)
@@ -426,10 +426,10 @@ def constant_outputs_model(
     return _save(graph, path)
 
 
-def _retinaface(path: Path) -> RetinaFace:
+def _retinaface(path: Path, max_upscale: float = 1.0) -> RetinaFace:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     spec = CATALOG["retinaface"]
-    return RetinaFace(spec, session, "cpu", min_face_px=0)
+    return RetinaFace(spec, session, "cpu", min_face_px=0, max_upscale=max_upscale)
 
 
 def test_retinaface_with_wrong_output_shapes_is_a_mismatch_naming_the_file(
@@ -489,7 +489,7 @@ def test_retinaface_anchor_layout_decodes_like_the_mxnet_reference(tmp_path: Pat
     lmk = np.array([[-0.2, -0.1], [0.2, -0.1], [0.0, 0.05], [-0.15, 0.2], [0.15, 0.2]])
     outputs["lmk16"][0, 10 * anchor : 10 * anchor + 10, row, col] = lmk.ravel()
     path = constant_outputs_model(tmp_path / "retinaface.onnx", outputs, [1, 3, 640, 640])
-    detector = _retinaface(path)
+    detector = _retinaface(path, max_upscale=2.0)
     assert detector.layout == "anchor"
 
     det = detector(np.zeros((640, 640, 3), np.uint8))
@@ -502,7 +502,8 @@ def test_retinaface_anchor_layout_decodes_like_the_mxnet_reference(tmp_path: Pat
     centre = np.array([col * 16 + 7.5, row * 16 + 7.5])
     np.testing.assert_allclose(det.landmarks[0], centre + lmk * side, atol=1e-3)
 
-    # A 320 x 320 image fills the 640 input at scale 2: the same face at half the size.
+    # With enlarging allowed, a 320 x 320 image fills the 640 input at scale 2: the same
+    # face at half the size.
     half = detector(np.zeros((320, 320, 3), np.uint8))
     np.testing.assert_allclose(half.boxes[0], np.array(want) / 2, atol=1e-3)
 

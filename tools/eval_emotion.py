@@ -14,6 +14,16 @@ cv2.COLOR_GRAY2BGR). Labels are compared as canonical edged labels
       --plot cm.png
   python tools/eval_emotion.py --onnx models/edged_fer/edged_fer_v2.onnx --bench   # CPU latency
 
+``--pipeline`` measures what a user sees: full photographs go through the daemon's own
+detector, crop and classifier (``edged.pipeline.build_pipeline`` with the config's phase),
+the largest face of each photo is compared with its label, and a photo where no face is
+found counts as an error (column ``no_face``). Without ``--image-folder`` it runs on the real
+photos of ``../shared/datasets/facial_expressions`` split by person (``--half select`` to
+choose, ``--half report`` to report; see tools/emotion_data.py):
+
+  python tools/eval_emotion.py --pipeline --half select --classifier edged_fer
+  python tools/eval_emotion.py --pipeline --half report --phase lite --json report.json
+
 ``--onnx PATH`` evaluates a raw ONNX file described by its JSON sidecar (PATH with .json),
 re-implementing the daemon's preprocessing (gray -> resize INTER_AREA -> /255 -> (x-mean)/std),
 for use without the package.
@@ -211,6 +221,61 @@ def load_package_classifier(name, models_dir=None, providers=("cpu",), threads=0
 
 
 # ---------------------------------------------------------------------------------- metrics
+NO_FACE = "no_face"
+
+
+def build_eval_pipeline(a):
+    """The daemon's pipeline for ``--pipeline``: config's phase/overrides, CPU by default."""
+    import tempfile
+
+    from edged.config import PipelineSettings, Settings
+    from edged.pipeline import build_pipeline
+    from edged.providers import SessionFactory
+
+    models_dir = a.models_dir
+    if models_dir is None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import make_models_dir  # the tests' seed layout of ../shared models
+        from emotion_data import shared_root
+
+        models_dir = make_models_dir(shared_root(), Path(tempfile.mkdtemp(prefix="edged-eval-")))
+    ps = PipelineSettings(
+        phase=a.phase,
+        providers=a.providers.split(","),
+        intra_op_threads=a.threads,
+        crop=a.crop,
+        crop_margin=a.crop_margin,
+        **({"detector": a.detector} if a.detector else {}),
+        **({"classifier": a.classifier} if a.classifier else {}),
+    )
+    settings = Settings(pipeline=ps)
+    factory = SessionFactory(providers=ps.providers, intra_op_threads=a.threads)
+    return build_pipeline(settings, factory, models_dir=Path(models_dir))
+
+
+def evaluate_pipeline(pipe, paths, y_true):
+    """Labels of the largest face of each photo (``no_face`` where none is found)."""
+    import cv2
+
+    preds = []
+    t0 = time.perf_counter()
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"unreadable image: {path}")
+        faces = pipe.process_one(img).faces
+        if not faces:
+            preds.append(NO_FACE)
+            continue
+        face = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+        preds.append(canon(face.emotion))
+    wall = time.perf_counter() - t0
+    labels = [canon(n) for n in pipe.classifier.labels] + [NO_FACE]
+    res = metrics(y_true, np.array(preds), labels, wall)
+    res["no_face"] = int(sum(p == NO_FACE for p in preds))
+    return res
+
+
 def evaluate(clf, images, y_true, batch_size=256):
     crops = to_bgr_crops(images) if isinstance(images, np.ndarray) else images
     labels = [canon(n) for n in clf.labels]
@@ -231,7 +296,9 @@ def evaluate(clf, images, y_true, batch_size=256):
 
 def metrics(y_true, y_pred, model_labels, wall=None):
     true_classes = [c for c in CANONICAL if c in set(y_true)]
-    cols = true_classes + [c for c in CANONICAL if c in model_labels and c not in true_classes]
+    cols = true_classes + [
+        c for c in [*CANONICAL, NO_FACE] if c in model_labels and c not in true_classes
+    ]
     cm = np.zeros((len(true_classes), len(cols)), int)
     ci = {c: j for j, c in enumerate(cols)}
     ri = {c: j for j, c in enumerate(true_classes)}
@@ -259,6 +326,7 @@ def metrics(y_true, y_pred, model_labels, wall=None):
         "support": {c: int(cm[ri[c]].sum()) for c in true_classes},
         "confusion_matrix": {"rows_true": true_classes, "cols_pred": cols, "counts": cm.tolist()},
         "not_in_model": [c for c in true_classes if c not in model_labels],
+        "confusion_matrix_note": "no_face: no face found in the photo (counted as an error)",
     }
     if wall is not None:
         res["wall_s"] = round(wall, 2)
@@ -274,6 +342,8 @@ def print_report(res, title):
     )
     if res["not_in_model"]:
         print(f"  (classes the model cannot output: {res['not_in_model']})")
+    if "no_face" in res:
+        print(f"  photos where no face was found (counted as errors): {res['no_face']}")
     print("per-class recall / F1 / support:")
     for c, r in res["per_class_recall"].items():
         print(
@@ -383,6 +453,25 @@ def main(argv=None):
     d.add_argument("--data", help="FER2013-layout npz (images, labels, classes, filenames)")
     d.add_argument("--image-folder", help="folder with one sub-folder per emotion label")
     p.add_argument("--split", choices=["all", "PrivateTest", "PublicTest"], default="all")
+    pp = p.add_argument_group("--pipeline: full photos through detector + crop + classifier")
+    pp.add_argument("--pipeline", action="store_true", help="run the daemon's whole pipeline")
+    pp.add_argument(
+        "--half",
+        choices=["select", "report", "all"],
+        default="select",
+        help="half of the real photos (split by person); default select",
+    )
+    pp.add_argument("--phase", default="lite", help="phase whose chains are used (default lite)")
+    pp.add_argument("--detector", help="detector name (overrides the phase)")
+    pp.add_argument(
+        "--crop", choices=["auto", "model", "box", "align"], default="auto", help="crop mode"
+    )
+    pp.add_argument(
+        "--crop-margin",
+        type=float,
+        default=0.0,
+        help="grow the model's crop window by 1+2*M (experiments; default 0: the model's own)",
+    )
     p.add_argument(
         "--dedup-against",
         help="also drop images pixel-identical to any image of this npz (e.g. train)",
@@ -425,6 +514,8 @@ def main(argv=None):
             if a.json:
                 _dump(result, a.json)
             return 0
+    if a.pipeline:
+        return main_pipeline(a, p)
     if not (a.data or a.image_folder):
         p.error("give --data NPZ or --image-folder DIR")
 
@@ -464,6 +555,63 @@ def main(argv=None):
     if "dropped_pixel_identical_to_train" in info:
         title += f" de-dup (-{info['dropped_pixel_identical_to_train']})"
     result.update({"source": source, "data": info, **res})
+    if a.json != "-":
+        print_report(res, title)
+    if a.plot:
+        result["plot"] = a.plot if plot(res, a.plot, title) else None
+    if a.json:
+        _dump(result, a.json)
+    return 0
+
+
+def main_pipeline(a, p):
+    if a.onnx or a.data:
+        p.error("--pipeline takes --classifier NAME (catalogue) and photos, not --onnx/--data")
+    sys.path.insert(0, str(REPO / "tools"))
+    from emotion_data import load_photos
+
+    if a.image_folder:
+        root = Path(a.image_folder)
+        items = [
+            (f, canon(sub.name))
+            for sub in sorted(q for q in root.iterdir() if q.is_dir())
+            for f in sorted(sub.rglob("*"))
+            if f.suffix.lower() in IMAGE_EXTS
+        ]
+        info = {"dataset": str(root), "split": "folder", "n_split": len(items)}
+    else:
+        photos = load_photos(half=a.half)
+        items = [(ph.path, ph.label) for ph in photos]
+        info = {
+            "dataset": "facial_expressions",
+            "split": f"{a.half} half (by person)",
+            "n_split": len(items),
+            "persons": len({ph.person for ph in photos}),
+        }
+    if a.limit_per_class:
+        kept, seen = [], {}
+        for f, lab in items:
+            if seen.get(lab, 0) < a.limit_per_class:
+                kept.append((f, lab))
+                seen[lab] = seen.get(lab, 0) + 1
+        items = kept
+        info["limit_per_class"] = a.limit_per_class
+    pipe = build_eval_pipeline(a)
+    crop = pipe.crop
+    source = {
+        "phase": a.phase,
+        "detector": pipe.models["detector"],
+        "classifier": pipe.models["classifier"],
+        "crop": crop.to_json() if crop is not None else None,
+        "path": "edged.pipeline.build_pipeline (the daemon's detector, crop, classifier)",
+    }
+    res = evaluate_pipeline(pipe, [f for f, _ in items], np.array([lab for _, lab in items]))
+    title = (
+        f"{source['classifier']} via {source['detector']} on {info['dataset']} "
+        f"[{info['split']}] crop={crop.mode if crop else None}"
+        f"{f' margin={a.crop_margin}' if a.crop_margin else ''}"
+    )
+    result = {"source": source, "data": info, **res}
     if a.json != "-":
         print_report(res, title)
     if a.plot:

@@ -302,6 +302,53 @@ def augment(xb, crop, rng_t, rot_deg=15.0, scale=(0.85, 1.15), shift_px=4.0, era
     return torch.where(mask, noise, x)
 
 
+def camera_augment(xb, rng_t, p=0.35):
+    """What a camera crop does to a face that a registered dataset face never had.
+
+    On [0,1] float Nx1x48x48, each applied to a random share ``p`` of the batch: gamma
+    (exposure), Gaussian blur (focus, motion), a trip through a lower resolution (a face
+    far from the camera, upscaled by the crop), JPEG compression (RTSP/MJPEG streams), and
+    Gaussian sensor noise. Per batch one blur sigma / resolution / quality keeps it cheap.
+    """
+    import cv2
+    import torch
+    import torch.nn.functional as nnf
+
+    n, dev = xb.shape[0], xb.device
+
+    def pick():
+        return (torch.rand(n, generator=rng_t) < p).to(dev).view(n, 1, 1, 1)
+
+    def u(lo, hi):
+        return float(torch.rand(1, generator=rng_t)) * (hi - lo) + lo
+
+    g = torch.exp(torch.rand(n, generator=rng_t) * 0.8 - 0.4).to(dev).view(n, 1, 1, 1)
+    xb = torch.where(pick(), xb.clamp(1e-4, 1).pow(g), xb)
+    sigma = u(0.4, 1.3)
+    k = torch.arange(-2, 3, dtype=torch.float32, device=dev)
+    k = torch.exp(-(k * k) / (2 * sigma * sigma))
+    k = k / k.sum()
+    blurred = nnf.conv2d(nnf.pad(xb, (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5))
+    blurred = nnf.conv2d(nnf.pad(blurred, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1))
+    xb = torch.where(pick(), blurred, xb)
+    side = int(u(14, 36))
+    low = nnf.interpolate(xb, size=(side, side), mode="area")
+    low = nnf.interpolate(low, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+    xb = torch.where(pick(), low, xb)
+    sel = pick().view(-1).nonzero().view(-1).tolist()
+    if sel:
+        q = int(u(25, 85))
+        arr = (xb[sel, 0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        dec = [
+            cv2.imdecode(cv2.imencode(".jpg", a_, [cv2.IMWRITE_JPEG_QUALITY, q])[1], 0)
+            for a_ in arr
+        ]
+        xb = xb.clone()
+        xb[sel, 0] = torch.from_numpy(np.stack(dec)).to(dev).float() / 255
+    noise = torch.randn(xb.shape, generator=rng_t).to(dev) * u(0.01, 0.05)
+    return torch.where(pick(), (xb + noise).clamp(0, 1), xb)
+
+
 # ---------------------------------------------------------------------------------- training
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -348,6 +395,27 @@ def parse_args(argv=None):
         type=float,
         default=0.5,
         help="weight of the FER+ distribution in the target",
+    )
+    p.add_argument(
+        "--class-balance",
+        type=float,
+        default=0.0,
+        help="weight each class's loss by (its share)^-POWER (0 = off, 0.5 = inverse sqrt, "
+        "1 = inverse frequency), for the rare classes (disgust has 1.5 %% of FER2013)",
+    )
+    p.add_argument(
+        "--camera-aug",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="photometric augmentation that looks like camera crops: gamma, blur, "
+        "low resolution, JPEG, sensor noise",
+    )
+    p.add_argument(
+        "--select-by",
+        choices=["accuracy", "mean_recall"],
+        default="accuracy",
+        help="validation metric for the best checkpoint and the test-time mode (mean_recall: "
+        "per-class recall averaged, so rare classes count as much as common ones)",
     )
     p.add_argument("--widths", default="48,96,192,256", help="channels of the 4 stages")
     p.add_argument("--dropout", type=float, default=0.4)
@@ -443,6 +511,7 @@ def main(argv=None):
     # ---- data
     data_sha = {}
     soft = None
+    face_crop = None
     if args.image_folder:
         images, labels, files = load_image_folder(args.image_folder)
         data_sha[f"image_folder:{Path(args.image_folder).name}"] = folder_digest(
@@ -458,6 +527,9 @@ def main(argv=None):
         if classes != FER_CLASSES:
             raise SystemExit(f"class order {classes} != {FER_CLASSES}")
         data_sha[Path(args.data).name] = sha256_file(args.data)
+        if "crop" in d.files:  # made by tools/fer_crops.py: the daemon must cut faces so too
+            face_crop = json.loads(str(d["crop"]))
+            log(f"training crops made by edged's detector + crop: {face_crop}")
         if args.soft_targets:
             if "ferplus_votes" not in d.files:
                 raise SystemExit("--soft-targets needs ferplus_votes in the npz")
@@ -485,6 +557,14 @@ def main(argv=None):
         )
     x_val = ((x_all[va_idx].float() / 255 - MEAN) / STD).to(dev)
     y_val = y_all[va_idx].to(dev)
+    class_w = None
+    if args.class_balance > 0:
+        share = np.bincount(labels[tr_idx], minlength=7).astype(np.float64)
+        share = np.maximum(share, 1) / share.sum()
+        cw = share**-args.class_balance
+        cw /= (cw[labels[tr_idx]]).mean()  # mean sample weight 1: the LR keeps its meaning
+        class_w = torch.tensor(cw, dtype=torch.float32, device=dev)
+        log(f"class-balanced loss (power {args.class_balance}): weights {np.round(cw, 2).tolist()}")
 
     # ---- model
     widths = tuple(int(v) for v in args.widths.split(","))
@@ -563,11 +643,19 @@ def main(argv=None):
                 outs.append(tta_logits(model, xb, mode, args.crop))
         return torch.cat(outs)
 
+    def selection_metric(pred, y):
+        if args.select_by == "mean_recall":
+            recalls = [
+                (pred[y == c] == c).float().mean().item() for c in range(7) if (y == c).any()
+            ]
+            return float(np.mean(recalls))
+        return (pred == y).float().mean().item()
+
     def acc(model, mode):
         # per-epoch validation for checkpoint selection runs under the training autocast
         # (bf16) to keep it cheap; the final test-time-mode choice below is fp32
         pred = logits_on(model, x_val, mode, fast=use_bf16).argmax(1)
-        return (pred == y_val).float().mean().item()
+        return selection_metric(pred, y_val)
 
     rng_t = torch.Generator().manual_seed(args.seed)
     metrics_path = out / f"{stem}.metrics.csv"
@@ -604,6 +692,8 @@ def main(argv=None):
             if len(bi) < 2:
                 continue
             xb = x_all[bi].to(dev).float().div_(255)
+            if args.camera_aug:
+                xb = camera_augment(xb, rng_t)
             xb = augment(xb, args.crop, rng_t).contiguous(memory_format=torch.channels_last)
             yb = y_all[bi].to(dev)
             for g in opt.param_groups:
@@ -614,9 +704,12 @@ def main(argv=None):
             if soft is not None:
                 tb = t_soft[bi].to(dev)
                 tb = tb * (1 - args.label_smoothing) + args.label_smoothing / 7
-                loss = -(tb * nnf.log_softmax(out_, 1)).sum(1).mean()
+                per = -(tb * nnf.log_softmax(out_, 1)).sum(1)
             else:
-                loss = nnf.cross_entropy(out_, yb, label_smoothing=args.label_smoothing)
+                per = nnf.cross_entropy(
+                    out_, yb, label_smoothing=args.label_smoothing, reduction="none"
+                )
+            loss = (per * class_w[yb]).mean() if class_w is not None else per.mean()
             if teacher is not None:
                 # Hinton et al.: KL between temperature-softened distributions, scaled by T^2
                 # so its gradient keeps the size of the hard-label term's
@@ -724,15 +817,18 @@ def main(argv=None):
     mode_acc = {}
     with torch.no_grad():
         for mode in args.test_modes.split(","):
-            mode_acc[mode] = (
-                (logits_on(final, x_val_cpu, mode).argmax(1) == y_val_cpu).float().mean().item()
+            mode_acc[mode] = selection_metric(
+                logits_on(final, x_val_cpu, mode).argmax(1), y_val_cpu
             )
     best_acc = max(mode_acc.values())
     mode = min(
         (m for m, a_ in mode_acc.items() if a_ >= best_acc - args.mode_tolerance),
         key=lambda m: mode_cost(m, args.crop),
     )
-    log(f"validation accuracy by test-time mode (fp32): {mode_acc} -> baked into ONNX: {mode}")
+    log(
+        f"validation {args.select_by} by test-time mode (fp32): {mode_acc} "
+        f"-> baked into ONNX: {mode}"
+    )
 
     final_sd = {k: v.float() for k, v in final.state_dict().items()}
     pt_path = out / f"{stem}.pt"
@@ -841,6 +937,9 @@ def main(argv=None):
         "preprocessing": "BGR->GRAY (cv2.COLOR_BGR2GRAY), cv2.resize 48x48 INTER_AREA, /255, "
         "(x-0.5)/0.5",
         "sha256": sha256_file(onnx_path),
+        # How the training faces were framed (edged.catalog.CropSpec.to_json); the catalogue
+        # entry of a model trained here must use the same (tests/test_own_model.py).
+        "face_crop": face_crop,
         "seed": args.seed,
         "train_config": {k: v for k, v in vars(args).items()},
         "effective_epochs": len(epoch_times),

@@ -56,7 +56,8 @@ from edged.detection.scrfd import SCRFD  # noqa: E402
 from edged.detection.yunet import YuNet  # noqa: E402
 
 #: Detector class per ``ModelSpec.family``; every class takes
-#: ``(spec, session, provider, *, det_size, threshold, nms_threshold, min_face_px, max_faces)``.
+#: ``(spec, session, provider, *, det_size, max_upscale, threshold, nms_threshold,
+#: min_face_px, max_faces)``.
 DETECTORS: dict[str, type] = {"scrfd": SCRFD, "yunet": YuNet, "retinaface": RetinaFace}
 
 __all__ = ["DETECTORS", "SCRFD", "Detections", "Detector", "RetinaFace", "YuNet"]

@@ -1,0 +1,99 @@
+"""The datasets edged's emotion tools share: FER2013 and the real photos, split by person.
+
+``../shared/datasets/facial_expressions/`` (real news photos, one emotion label each) is
+split into two fixed halves **by person**: the person is the file name without its trailing
+number (``George_W_Bush_0012.jpg`` -> ``George_W_Bush``), and the half is one bit of the
+SHA-256 of that name. Some people have over 100 photos; a per-file split would put the same
+face on both sides and measure memory, not recognition.
+
+- ``select``: for choosing models, crops, recipes and test-time modes (and nothing else).
+- ``report``: only for the figures reported in the model card; never trained on, never
+  used to choose.
+
+Everything here is plain data handling (no edged imports), so the training tool, the
+evaluation tool, the benchmarks and the tests read the data one way.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+HALVES = ("select", "report")
+_TRAILING_NUMBER = re.compile(r"[_\-\s]*\d+$")
+
+#: The photos' label spellings -> edged's canonical labels.
+PHOTO_LABELS = {
+    "angry": "angry",
+    "anger": "angry",
+    "contempt": "contemptuous",
+    "contemptuous": "contemptuous",
+    "disgust": "disgusted",
+    "disgusted": "disgusted",
+    "fear": "fearful",
+    "fearful": "fearful",
+    "happiness": "happy",
+    "happy": "happy",
+    "neutral": "neutral",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprised",
+    "surprised": "surprised",
+}
+
+
+def shared_root() -> Path:
+    """``$EDGED_SHARED``, else ``<repo>/../shared``."""
+    env = os.environ.get("EDGED_SHARED")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+
+
+def photos_root() -> Path:
+    return shared_root() / "datasets" / "facial_expressions"
+
+
+def person_of(file_name: str) -> str:
+    """The person a photo shows: its file name without extension and trailing number."""
+    stem = Path(file_name).stem
+    return _TRAILING_NUMBER.sub("", stem) or stem
+
+
+def half_of(file_name: str) -> str:
+    """``select`` or ``report``: a fixed function of the person, never of the file."""
+    digest = hashlib.sha256(person_of(file_name).encode("utf-8")).digest()
+    return HALVES[digest[0] & 1]
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    label: str  # canonical
+    person: str
+
+
+def load_photos(root: Path | None = None, half: str = "all") -> list[Photo]:
+    """The labelled photos of ``half`` (``select``, ``report`` or ``all``), in file order."""
+    root = root or photos_root()
+    table = root / "labels.csv"
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"{table} not found: the real photos live in ../shared/datasets/facial_expressions "
+            "(set EDGED_SHARED)"
+        )
+    if half not in (*HALVES, "all"):
+        raise ValueError(f"half must be one of {HALVES} or 'all', got {half!r}")
+    out: list[Photo] = []
+    with table.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            name, label = row["file"], row["label"].strip().lower()
+            if label not in PHOTO_LABELS:
+                raise ValueError(f"{table}: unknown label {label!r} for {name}")
+            if half != "all" and half_of(name) != half:
+                continue
+            out.append(Photo(root / "images" / name, PHOTO_LABELS[label], person_of(name)))
+    out.sort(key=lambda p: p.path.name)
+    return out
