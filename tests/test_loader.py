@@ -142,6 +142,20 @@ def test_phase3_without_efficientvit_falls_back_to_enet_b2_and_logs_the_file(
     assert warned[1]["next"] == "enet_b2_7"
 
 
+def test_phase3_resolves_to_the_efficientvit_m5_pair_when_both_files_are_present(
+    tmp_path: Path, shared: Path, factory: SessionFactory
+) -> None:
+    models = layout(shared, tmp_path, SCRFD25, B2, EVIT_BACKBONE, EVIT_HEAD)
+    loaded = resolve(PipelineSettings(), models, factory, phase="sota_phase3")
+    assert loaded.models == {"detector": "scrfd_2.5g", "classifier": "efficientvit_m5"}
+    assert [fb.name for fb in loaded.fallbacks] == ["scrfd_10g"]
+    assert loaded.crop == "align"
+    clf = loaded.classifier
+    assert clf is not None and clf.labels[:2] == ("angry", "contemptuous")
+    probs = clf(np.zeros((2, clf.input_size, clf.input_size, 3), np.uint8))
+    assert probs.shape == (2, 8)
+
+
 def test_corrupt_second_file_of_a_two_file_model_falls_back(
     tmp_path: Path, shared: Path, factory: SessionFactory
 ) -> None:

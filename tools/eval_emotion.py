@@ -23,6 +23,8 @@ choose, ``--half report`` to report; see tools/emotion_data.py):
 
   python tools/eval_emotion.py --pipeline --half select --classifier edged_fer
   python tools/eval_emotion.py --pipeline --half report --phase lite --json report.json
+  python tools/eval_emotion.py --pipeline --classifier edged_fer \
+      --data ../shared/datasets/fer2013_test.npz --split PrivateTest
 
 ``--onnx PATH`` evaluates a raw ONNX file described by its JSON sidecar (PATH with .json),
 re-implementing the daemon's preprocessing (gray -> resize INTER_AREA -> /255 -> (x-mean)/std),
@@ -253,21 +255,41 @@ def build_eval_pipeline(a):
     return build_pipeline(settings, factory, models_dir=Path(models_dir))
 
 
-def evaluate_pipeline(pipe, paths, y_true):
-    """Labels of the largest face of each photo (``no_face`` where none is found)."""
+def evaluate_pipeline(pipe, items, y_true):
+    """Labels of the main face of each photo (``no_face`` where none is found).
+
+    ``items`` are image paths (photos: the largest face is the labelled person) or FER2013
+    48x48 arrays, which are enlarged exactly as ``tools/fer_crops.py`` does for training
+    (the face nearest the centre is the labelled one).
+    """
     import cv2
+
+    from fer_crops import enlarge
 
     preds = []
     t0 = time.perf_counter()
-    for path in paths:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise SystemExit(f"unreadable image: {path}")
+    for item in items:
+        if isinstance(item, np.ndarray):
+            img = enlarge(item)
+        else:
+            img = cv2.imread(str(item), cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"unreadable image: {item}")
         faces = pipe.process_one(img).faces
         if not faces:
             preds.append(NO_FACE)
             continue
-        face = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+        if isinstance(item, np.ndarray):
+            h, w = img.shape[:2]
+
+            def off_centre(f, w=w, h=h):
+                return ((f.bbox[0] + f.bbox[2]) / 2 - w / 2) ** 2 + (
+                    (f.bbox[1] + f.bbox[3]) / 2 - h / 2
+                ) ** 2
+
+            face = min(faces, key=off_centre)
+        else:
+            face = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
         preds.append(canon(face.emotion))
     wall = time.perf_counter() - t0
     labels = [canon(n) for n in pipe.classifier.labels] + [NO_FACE]
@@ -565,12 +587,15 @@ def main(argv=None):
 
 
 def main_pipeline(a, p):
-    if a.onnx or a.data:
-        p.error("--pipeline takes --classifier NAME (catalogue) and photos, not --onnx/--data")
+    if a.onnx:
+        p.error("--pipeline takes --classifier NAME (catalogue), not --onnx")
     sys.path.insert(0, str(REPO / "tools"))
     from emotion_data import load_photos
 
-    if a.image_folder:
+    if a.data:  # FER2013 faces, enlarged 4x with a border, through the whole pipeline
+        images, y, info = load_npz(a.data, a.split, a.dedup_against)
+        items = list(zip(images, y, strict=True))
+    elif a.image_folder:
         root = Path(a.image_folder)
         items = [
             (f, canon(sub.name))
@@ -606,6 +631,8 @@ def main_pipeline(a, p):
         "path": "edged.pipeline.build_pipeline (the daemon's detector, crop, classifier)",
     }
     res = evaluate_pipeline(pipe, [f for f, _ in items], np.array([lab for _, lab in items]))
+    if a.data:
+        info["pipeline_input"] = "48x48 face enlarged 4x, 12 px replicated border (fer_crops)"
     title = (
         f"{source['classifier']} via {source['detector']} on {info['dataset']} "
         f"[{info['split']}] crop={crop.mode if crop else None}"
