@@ -24,7 +24,7 @@ from edged.pipeline import Pipeline, build_pipeline
 from edged.providers import SessionFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from emotion_data import load_photos, photos_root  # noqa: E402
+from emotion_data import load_photos, photos_root
 
 CLASSES = ("happy", "neutral", "surprised", "angry", "sad")
 PER_CLASS = 12

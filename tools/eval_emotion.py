@@ -263,7 +263,6 @@ def evaluate_pipeline(pipe, items, y_true):
     (the face nearest the centre is the labelled one).
     """
     import cv2
-
     from fer_crops import enlarge
 
     preds = []
