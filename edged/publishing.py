@@ -22,6 +22,10 @@ Design, and why:
 * **State is "latest wins"**: the per-camera ``emotion``/``attributes`` and the discovery
   configs are remembered, not spooled, and re-published (retained) on every connection, so
   retained state is right after an outage even if the broker lost it.
+* **Privacy is enforced again at this gate** (:mod:`edged.privacy`): events and attributes
+  are minimised before they are encoded, per-person payloads are refused in aggregate mode,
+  spooled events are re-shaped (or dropped) when the settings tighten, and spooled messages
+  older than ``[privacy] spool_max_age_s`` are dropped before they could be sent.
 * **Clean stop**: a clean DISCONNECT never fires the will, so :meth:`Publisher.stop`
   publishes the retained ``offline`` itself and waits (bounded) for its PUBACK.
 
@@ -66,7 +70,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edged import __version__
 from edged.config import MqttSettings, Settings
 from edged.errors import ConfigError, PublishError, SpoolError
-from edged.spool import Spool, spool_path
+from edged.privacy import (
+    AggregateReport,
+    minimise_attributes,
+    minimise_event,
+    minimise_spooled_event,
+    per_person_allowed,
+)
+from edged.spool import Spool, SpoolRow, spool_path
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +129,10 @@ class Topics:
 
     def attributes(self, camera_id: str) -> str:
         return f"{self.base}/{camera_id}/attributes"
+
+    def aggregate(self, camera_id: str) -> str:
+        """Aggregate mode's per-camera report (counts and an emotion distribution)."""
+        return f"{self.base}/{camera_id}/aggregate"
 
     def ha_config(self, unique_id: str) -> str:
         return f"{self.ha_prefix}/sensor/{unique_id}/config"
@@ -358,7 +373,8 @@ class Publisher:
         if not self._cameras_known:
             return
         wanted: set[str] = set()
-        for camera in self._cameras:
+        per_person = per_person_allowed(self._settings.privacy)
+        for camera in self._cameras if per_person else ():
             wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
             if self._settings.mqtt.homeassistant:
                 uid = discovery_unique_id(self._settings.device.id, camera)
@@ -427,8 +443,13 @@ class Publisher:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start connecting in the background and start the spool sender; returns at once."""
+        """Start connecting in the background and start the spool sender; returns at once.
+
+        Events a previous run left in the spool are first re-shaped for today's privacy
+        settings (they may have been written under looser ones).
+        """
         with self._lifecycle_lock:
+            self._minimise_spool(self._settings)
             self._start_locked(None)
 
     def _prepare_client(self, settings: Settings) -> mqtt.Client:
@@ -590,8 +611,13 @@ class Publisher:
         self._spool.set_limits(
             max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
         )
+        if settings.privacy != old.privacy:
+            self._minimise_spool(settings)
         if client is None:
-            self._settings = settings
+            with self._state_lock:
+                self._settings = settings
+                if settings.privacy != old.privacy:
+                    self._apply_privacy()
             return
         with self._lifecycle_lock:
             with self._cv:
@@ -603,6 +629,8 @@ class Publisher:
                 self._client_key = new_key
                 self._topics = topics_for(settings)
                 self._sent_state.clear()
+                if settings.privacy != old.privacy:
+                    self._apply_privacy()
                 # Moved or disabled discovery and state: emptied on the next connection.
                 self._reconcile()
             log.info("mqtt_settings_changed", reconnecting=running)
@@ -613,15 +641,74 @@ class Publisher:
 
     def publish_event(self, camera_id: str, event: Mapping[str, Any]) -> int:
         """Spool an event (durably) for ``<base>/<camera>/event`` at QoS 1; returns its spool
-        id (0 when it was too large for the spool and dropped). Raises
+        id (0 when it was too large for the spool and dropped, or when ``[privacy] mode`` is
+        ``aggregate``, which publishes no per-person event). Raises
         :class:`~edged.errors.SpoolError` when the spool cannot be written.
         """
         topic = self._topics.event(_check_camera_id(camera_id))
-        row_id = self._spool.put(topic, _json_bytes(event), qos=1)
+        privacy = self._settings.privacy
+        if not per_person_allowed(privacy):
+            log.debug("event_not_published", camera=camera_id, reason="privacy.mode aggregate")
+            return 0
+        return self._spool_put(topic, _json_bytes(minimise_event(event, privacy)))
+
+    def publish_aggregate(self, camera_id: str, report: AggregateReport) -> int:
+        """Spool an aggregate report for ``<base>/<camera>/aggregate`` at QoS 1 (not
+        retained: a report describes its interval, not the present); returns its spool id.
+        """
+        topic = self._topics.aggregate(_check_camera_id(camera_id))
+        return self._spool_put(topic, _json_bytes(report.to_json()))
+
+    async def publish_aggregate_async(self, camera_id: str, report: AggregateReport) -> int:
+        """:meth:`publish_aggregate` off the event loop, on the events' worker thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-spool")
+        future = self._executor.submit(self.publish_aggregate, camera_id, report)
+        return await asyncio.wrap_future(future)
+
+    def _spool_put(self, topic: str, payload: bytes) -> int:
+        row_id = self._spool.put(topic, payload, qos=1)
         with self._cv:
             self._wake = True
             self._cv.notify_all()
         return row_id
+
+    def _minimise_spool(self, settings: Settings) -> None:
+        """Re-shape waiting events for ``settings.privacy`` (dropped in aggregate mode)."""
+        if self._spool.closed or self._spool.pending() == 0:
+            return
+        privacy = settings.privacy
+
+        def shape(row: SpoolRow) -> bytes | None:
+            if not row.topic.endswith("/event"):
+                return row.payload
+            return minimise_spooled_event(row.payload, privacy)
+
+        try:
+            rewritten, dropped = self._spool.rewrite(shape)
+        except SpoolError as exc:
+            log.error("spool_not_minimised", error=str(exc))
+            return
+        if rewritten or dropped:
+            log.info("spool_minimised", rewritten=rewritten, dropped=dropped, mode=privacy.mode)
+
+    def _apply_privacy(self) -> None:
+        """New privacy settings for the remembered state (under ``_state_lock``): gone in
+        aggregate mode (its retained topics are emptied), re-shaped otherwise."""
+        privacy = self._settings.privacy
+        if not per_person_allowed(privacy):
+            self._states.clear()
+            self._sent_state.clear()
+        for camera, (emotion, attrs) in list(self._states.items()):
+            try:
+                shaped = _json_bytes(minimise_attributes(json.loads(attrs), privacy))
+            except (ValueError, PublishError):
+                continue
+            self._states[camera] = (emotion, shaped)
+        self._reconcile()
+        self._flush_clears()
+        for camera in list(self._states):
+            self._send_state(camera)
 
     async def publish_event_async(self, camera_id: str, event: Mapping[str, Any]) -> int:
         """:meth:`publish_event` off the event loop, on one worker thread so order is kept."""
@@ -637,7 +724,10 @@ class Publisher:
         are not re-sent on the same connection.
         """
         _check_camera_id(camera_id)
-        attrs = _json_bytes(attributes)
+        privacy = self._settings.privacy
+        if not per_person_allowed(privacy):
+            return
+        attrs = _json_bytes(minimise_attributes(attributes, privacy))
         with self._state_lock:
             self._states[camera_id] = (emotion, attrs)
             self._clear_topics.discard(self._topics.emotion(camera_id))
@@ -707,7 +797,8 @@ class Publisher:
             log.info("retained_topics_cleared", topics=cleared)
 
     def _send_discovery(self) -> None:
-        if not self._settings.mqtt.homeassistant:
+        # The HA sensor is the per-person emotion state, which aggregate mode does not publish.
+        if not self._settings.mqtt.homeassistant or not per_person_allowed(self._settings.privacy):
             return
         for camera in self._cameras:
             topic = self._topics.ha_config(discovery_unique_id(self._settings.device.id, camera))
@@ -724,6 +815,7 @@ class Publisher:
                 "connected": self._connected,
                 "spool_pending": self._spool.pending(),
                 "spool_dropped": self._spool.dropped(),
+                "spool_expired": self._spool.expired(),
                 "events_published": self._events_published,
                 "events_rejected": self._events_rejected,
                 "inflight": self._events_inflight,
@@ -950,6 +1042,7 @@ class Publisher:
                 discovery_due, self._discovery_due = self._discovery_due, False
             try:
                 self._process_acks()
+                self._expire_spool()
                 if connected:
                     if gen != my_gen:
                         my_gen, cursor = gen, 0
@@ -964,6 +1057,12 @@ class Publisher:
                     self._last_error = f"sender: {exc}"
                 log.exception("mqtt_sender_error", error=str(exc))
                 time.sleep(1.0)
+
+    def _expire_spool(self) -> None:
+        """Drop spooled messages older than ``[privacy] spool_max_age_s`` (sender thread)."""
+        max_age = self._settings.privacy.spool_max_age_s
+        if max_age > 0 and self._spool.pending():
+            self._spool.expire(max_age)
 
     def _announce_connection(self) -> None:
         """First thing on a new connection: ``online``, pending clears, discovery, state."""
@@ -985,6 +1084,7 @@ class Publisher:
             if room <= 0 or client is None:
                 return cursor
             self._process_acks()  # keep the spool (and pending count) current while streaming
+            self._expire_spool()  # an expired row is never handed to paho
             rows = self._spool.peek(room, after=cursor)
             if not rows:
                 return cursor
