@@ -68,7 +68,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged import __version__
-from edged.config import MqttSettings, Settings
+from edged.config import MqttSettings, PrivacySettings, Settings
 from edged.errors import ConfigError, PublishError, SpoolError
 from edged.privacy import (
     AggregateReport,
@@ -262,6 +262,12 @@ class Publisher:
             raise PublishError("max_inflight must be >= 1")
         self.on_config_set = on_config_set
         self._settings = settings
+        # The privacy settings every gate reads; changed (with the spool re-shaped) under
+        # _privacy_lock, which publish_event holds from its check to its spool write, so no
+        # event can be checked under the old settings and land in the spool after the
+        # re-shaping for the new ones.
+        self._privacy = settings.privacy
+        self._privacy_lock = threading.Lock()
         # _connection_key of the settings the current client was built from (None: none
         # built yet), taken when it was built: a password file can change under it later
         self._client_key: tuple[Any, ...] | None = None
@@ -373,7 +379,7 @@ class Publisher:
         if not self._cameras_known:
             return
         wanted: set[str] = set()
-        per_person = per_person_allowed(self._settings.privacy)
+        per_person = per_person_allowed(self._privacy)
         for camera in self._cameras if per_person else ():
             wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
             if self._settings.mqtt.homeassistant:
@@ -449,7 +455,7 @@ class Publisher:
         settings (they may have been written under looser ones).
         """
         with self._lifecycle_lock:
-            self._minimise_spool(self._settings)
+            self._minimise_spool(self._privacy)
             self._start_locked(None)
 
     def _prepare_client(self, settings: Settings) -> mqtt.Client:
@@ -611,13 +617,14 @@ class Publisher:
         self._spool.set_limits(
             max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
         )
-        if settings.privacy != old.privacy:
-            self._minimise_spool(settings)
-        if client is None:
-            with self._state_lock:
-                self._settings = settings
-                if settings.privacy != old.privacy:
+        if settings.privacy != self._privacy:
+            with self._privacy_lock:
+                with self._state_lock:
+                    self._privacy = settings.privacy
                     self._apply_privacy()
+                self._minimise_spool(settings.privacy)
+        if client is None:
+            self._settings = settings
             return
         with self._lifecycle_lock:
             with self._cv:
@@ -629,8 +636,6 @@ class Publisher:
                 self._client_key = new_key
                 self._topics = topics_for(settings)
                 self._sent_state.clear()
-                if settings.privacy != old.privacy:
-                    self._apply_privacy()
                 # Moved or disabled discovery and state: emptied on the next connection.
                 self._reconcile()
             log.info("mqtt_settings_changed", reconnecting=running)
@@ -646,11 +651,12 @@ class Publisher:
         :class:`~edged.errors.SpoolError` when the spool cannot be written.
         """
         topic = self._topics.event(_check_camera_id(camera_id))
-        privacy = self._settings.privacy
-        if not per_person_allowed(privacy):
-            log.debug("event_not_published", camera=camera_id, reason="privacy.mode aggregate")
-            return 0
-        return self._spool_put(topic, _json_bytes(minimise_event(event, privacy)))
+        with self._privacy_lock:
+            privacy = self._privacy
+            if not per_person_allowed(privacy):
+                log.debug("event_not_published", camera=camera_id, reason="privacy.mode aggregate")
+                return 0
+            return self._spool_put(topic, _json_bytes(minimise_event(event, privacy)))
 
     def publish_aggregate(self, camera_id: str, report: AggregateReport) -> int:
         """Spool an aggregate report for ``<base>/<camera>/aggregate`` at QoS 1 (not
@@ -673,11 +679,10 @@ class Publisher:
             self._cv.notify_all()
         return row_id
 
-    def _minimise_spool(self, settings: Settings) -> None:
-        """Re-shape waiting events for ``settings.privacy`` (dropped in aggregate mode)."""
+    def _minimise_spool(self, privacy: PrivacySettings) -> None:
+        """Re-shape waiting events for ``privacy`` (dropped in aggregate mode)."""
         if self._spool.closed or self._spool.pending() == 0:
             return
-        privacy = settings.privacy
 
         def shape(row: SpoolRow) -> bytes | None:
             if not row.topic.endswith("/event"):
@@ -695,7 +700,7 @@ class Publisher:
     def _apply_privacy(self) -> None:
         """New privacy settings for the remembered state (under ``_state_lock``): gone in
         aggregate mode (its retained topics are emptied), re-shaped otherwise."""
-        privacy = self._settings.privacy
+        privacy = self._privacy
         if not per_person_allowed(privacy):
             self._states.clear()
             self._sent_state.clear()
@@ -724,7 +729,7 @@ class Publisher:
         are not re-sent on the same connection.
         """
         _check_camera_id(camera_id)
-        privacy = self._settings.privacy
+        privacy = self._privacy
         if not per_person_allowed(privacy):
             return
         attrs = _json_bytes(minimise_attributes(attributes, privacy))
@@ -798,7 +803,7 @@ class Publisher:
 
     def _send_discovery(self) -> None:
         # The HA sensor is the per-person emotion state, which aggregate mode does not publish.
-        if not self._settings.mqtt.homeassistant or not per_person_allowed(self._settings.privacy):
+        if not self._settings.mqtt.homeassistant or not per_person_allowed(self._privacy):
             return
         for camera in self._cameras:
             topic = self._topics.ha_config(discovery_unique_id(self._settings.device.id, camera))
@@ -1060,7 +1065,7 @@ class Publisher:
 
     def _expire_spool(self) -> None:
         """Drop spooled messages older than ``[privacy] spool_max_age_s`` (sender thread)."""
-        max_age = self._settings.privacy.spool_max_age_s
+        max_age = self._privacy.spool_max_age_s
         if max_age > 0 and self._spool.pending():
             self._spool.expire(max_age)
 
