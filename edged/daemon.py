@@ -360,6 +360,7 @@ class Daemon:
         now = time.monotonic()
         for cam_id, slot in list(self.cameras.items()):
             await self._emit_events(cam_id, slot.tracker.flush(now))
+        await self._publish_aggregates(final=True)
         await self._stop_cameras(list(self.cameras))
         if self.publisher is not None:
             with contextlib.suppress(Exception):
@@ -498,13 +499,13 @@ class Daemon:
         await self._emit_events(cam_id, events)
         self._publish_state(cam_id, slot)
 
-    async def _publish_aggregates(self) -> None:
-        """Aggregate mode: close every camera's interval that is due and spool its report
-        (none when no frame had ``min_faces`` faces)."""
+    async def _publish_aggregates(self, final: bool = False) -> None:
+        """Aggregate mode: close every camera's interval that is due (``final``: every one,
+        at a stop) and spool its report (none when no frame had ``min_faces`` faces)."""
         now = time.monotonic()
         for cam_id, slot in list(self.cameras.items()):
             agg = slot.aggregator
-            if agg is None or not agg.due(now) or self.publisher is None:
+            if agg is None or not (final or agg.due(now)) or self.publisher is None:
                 continue
             report = agg.report(now, iso_utc(time.time()))
             if report is None:
@@ -650,6 +651,16 @@ class Daemon:
     def _spool(self, mqtt: Mapping[str, Any]) -> dict[str, Any]:
         return {"pending": mqtt.get("spool_pending", 0), "dropped": mqtt.get("spool_dropped", 0)}
 
+    def _heartbeat_camera(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        """The heartbeat's fields of one camera. In aggregate mode with ``min_faces`` set, a
+        face count below the minimum is withheld (``null``): no report leaving the device
+        may describe fewer people than that, not even by their presence."""
+        out = {k: stats[k] for k in HEARTBEAT_CAMERA_KEYS}
+        p = self.settings.privacy
+        if not per_person_allowed(p) and 0 < (out["faces"] or 0) < p.min_faces:
+            out["faces"] = None
+        return out
+
     def heartbeat(self) -> dict[str, Any]:
         mqtt = self.publisher.stats() if self.publisher else {}
         return {
@@ -662,10 +673,7 @@ class Daemon:
             "models": dict(self.pipeline.models) if self.pipeline else {},
             "providers": self._models(),
             "fallbacks": self._fallbacks(),
-            "cameras": {
-                cid: {k: st[k] for k in HEARTBEAT_CAMERA_KEYS}
-                for cid, st in self.camera_stats().items()
-            },
+            "cameras": {cid: self._heartbeat_camera(st) for cid, st in self.camera_stats().items()},
             "spool": self._spool(mqtt),
         }
 

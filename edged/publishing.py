@@ -683,6 +683,8 @@ class Publisher:
         """Re-shape waiting events for ``privacy`` (dropped in aggregate mode)."""
         if self._spool.closed or self._spool.pending() == 0:
             return
+        if per_person_allowed(privacy) and privacy.publish_boxes and privacy.publish_scores:
+            return  # nothing an event could lose: do not read the whole spool for nothing
 
         def shape(row: SpoolRow) -> bytes | None:
             if not row.topic.endswith("/event"):
@@ -712,6 +714,7 @@ class Publisher:
             self._states[camera] = (emotion, shaped)
         self._reconcile()
         self._flush_clears()
+        self._send_discovery()  # back in tracks mode (by the file): the sensor returns
         for camera in list(self._states):
             self._send_state(camera)
 

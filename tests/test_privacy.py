@@ -200,6 +200,31 @@ def test_privacy_keys_pass_the_remote_key_guard(tmp_path: Path) -> None:
     assert Daemon(settings_, None).check_remote_change(json.dumps(change).encode()) == change
 
 
+@pytest.mark.parametrize(
+    ("mode", "min_faces", "faces", "shown"),
+    [
+        ("aggregate", 3, 1, None),
+        ("aggregate", 3, 2, None),
+        ("aggregate", 3, 3, 3),
+        ("aggregate", 3, 0, 0),
+        ("aggregate", 0, 1, 1),
+        ("tracks", 3, 1, 1),
+    ],
+)
+def test_heartbeat_withholds_a_face_count_below_min_faces_in_aggregate_mode(
+    tmp_path: Path, mode: str, min_faces: int, faces: int, shown: int | None
+) -> None:
+    s = build_settings(
+        {
+            "device": {"id": DEVICE, "state_dir": str(tmp_path)},
+            "privacy": {"mode": mode, "min_faces": min_faces},
+        }
+    )
+    stats = {"state": "running", "fps_in": 5.0, "fps_processed": 5.0, "faces": faces,
+             "dropped_frames": 0, "last_frame_age_s": 0.1}  # fmt: skip
+    assert Daemon(s, None)._heartbeat_camera(stats)["faces"] == shown
+
+
 def test_privacy_section_forbids_unknown_keys_and_impossible_values() -> None:
     with pytest.raises(ConfigError, match=r"privacy\.publish_faces: unknown key"):
         build_settings({"privacy": {"publish_faces": False}}, "edged.toml")
