@@ -667,3 +667,27 @@ def test_daemon_minimises_payloads_and_takes_remote_changes_only_towards_less_da
     )
     rec.close()
     assert_no_image_data(rec.messages, state)
+
+
+#: Calls that turn pixels into a file or bytes. Only ``edged analyze --out`` may use them.
+_IMAGE_WRITERS = {"imwrite", "imencode", "VideoWriter", "save", "savez", "savez_compressed",
+                  "tofile", "b64encode"}  # fmt: skip
+
+
+def test_only_edged_analyze_has_code_that_writes_or_encodes_images() -> None:
+    """Privacy by design, checked at the source: no module the daemon runs can write or
+    encode an image, so a later change that starts to would have to edit this test."""
+    import ast
+
+    import edged
+
+    package = Path(edged.__file__).parent
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in _IMAGE_WRITERS:
+                    found.setdefault(str(path.relative_to(package)), set()).add(name)
+    assert found == {"analyze.py": {"imwrite", "VideoWriter"}}, found
