@@ -533,21 +533,19 @@ def test_daemon_never_writes_or_sends_image_data(
         broker,
         state,
         models_dir,
-        cameras=[{"id": "cam", "source": str(scene.video), "fps": FPS}],
+        # Looping: however slow the machine, faces keep appearing, changing and leaving.
+        cameras=[{"id": "cam", "source": str(scene.video), "fps": FPS, "loop": True}],
     )
     d = DaemonProcess(cfg, tmp_path / "daemon.log", {"TMPDIR": str(tmp)}, cwd=work)
     daemons.append(d)
     events = f"{BASE}/cam/event"
-    rec.wait_for(lambda ms: any(m.topic == events for m in ms), 40, "first event")
+    rec.wait_for(lambda ms: any(m.topic == events for m in ms), 60, "first event")
     broker.stop()
     before = len(d.events_logged())
-    wait_until(lambda: len(d.events_logged()) > before, 40, "an event spooled in the outage")
+    wait_until(lambda: len(d.events_logged()) > before, 60, "an event spooled in the outage")
     spooled = _spool_rows(state)
     broker.start()
-    rec.wait_for(
-        lambda ms: any(m.topic == events and b'"left"' in m.payload for m in ms), 40, "left"
-    )
-    wait_until(lambda: set(d.events_logged()) <= _ids(rec, events), 40, "spooled events sent")
+    wait_until(lambda: set(d.events_logged()) <= _ids(rec, events), 60, "spooled events sent")
     d.signal(signal.SIGTERM)
     assert d.wait(20) == 0, d.tail()
     msgs = rec.wait_for(status_is(b"offline"), 10, "offline")
