@@ -175,6 +175,36 @@ def discovery_config(settings: Settings, camera_id: str) -> dict[str, Any]:
     }
 
 
+def aggregate_unique_id(device_id: str, camera_id: str) -> str:
+    """Home Assistant unique id of a camera's face-count sensor (aggregate mode)."""
+    return _HA_ID_RE.sub("_", f"edged_{device_id}_{camera_id}_faces")
+
+
+def aggregate_discovery_config(
+    settings: Settings, camera_id: str, privacy: PrivacySettings
+) -> dict[str, Any]:
+    """Aggregate mode's Home Assistant sensor of one camera: the most faces seen at once in
+    the last report, with the emotion distribution as attributes. It expires (shows
+    unavailable) after three intervals without a report: none comes while fewer than
+    ``min_faces`` faces are seen, and an old count must not pass for the present."""
+    config = discovery_config(settings, camera_id)
+    topic = topics_for(settings).aggregate(camera_id)
+    config.update(
+        {
+            "name": f"{camera_id} faces",
+            "unique_id": aggregate_unique_id(settings.device.id, camera_id),
+            "state_topic": topic,
+            "value_template": "{{ value_json.faces }}",
+            "json_attributes_topic": topic,
+            "json_attributes_template": "{{ value_json.emotions | tojson }}",
+            "state_class": "measurement",
+            "expire_after": max(1, round(3 * privacy.aggregate_interval_s)),
+            "icon": "mdi:account-group",
+        }
+    )
+    return config
+
+
 def _utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -380,11 +410,11 @@ class Publisher:
             return
         wanted: set[str] = set()
         per_person = per_person_allowed(self._privacy)
-        for camera in self._cameras if per_person else ():
-            wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
+        for camera in self._cameras:
+            if per_person:
+                wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
             if self._settings.mqtt.homeassistant:
-                uid = discovery_unique_id(self._settings.device.id, camera)
-                wanted.add(self._topics.ha_config(uid))
+                wanted.add(self._topics.ha_config(self._discovery_uid(camera)))
         self._clear_topics = (self._clear_topics | (self._owned - wanted)) - wanted
 
     @staticmethod
@@ -714,7 +744,7 @@ class Publisher:
             self._states[camera] = (emotion, shaped)
         self._reconcile()
         self._flush_clears()
-        self._send_discovery()  # back in tracks mode (by the file): the sensor returns
+        self._send_discovery()  # the sensor of the mode now in force
         for camera in list(self._states):
             self._send_state(camera)
 
@@ -804,13 +834,24 @@ class Publisher:
             self._mark_owned_dirty()
             log.info("retained_topics_cleared", topics=cleared)
 
+    def _discovery_uid(self, camera: str) -> str:
+        """The camera's HA sensor: its emotion, or in aggregate mode its face count."""
+        if per_person_allowed(self._privacy):
+            return discovery_unique_id(self._settings.device.id, camera)
+        return aggregate_unique_id(self._settings.device.id, camera)
+
     def _send_discovery(self) -> None:
-        # The HA sensor is the per-person emotion state, which aggregate mode does not publish.
-        if not self._settings.mqtt.homeassistant or not per_person_allowed(self._privacy):
+        if not self._settings.mqtt.homeassistant:
             return
+        per_person = per_person_allowed(self._privacy)
         for camera in self._cameras:
-            topic = self._topics.ha_config(discovery_unique_id(self._settings.device.id, camera))
-            body = _json_bytes(discovery_config(self._settings, camera))
+            topic = self._topics.ha_config(self._discovery_uid(camera))
+            config = (
+                discovery_config(self._settings, camera)
+                if per_person
+                else aggregate_discovery_config(self._settings, camera, self._privacy)
+            )
+            body = _json_bytes(config)
             if self._publish_if_connected(topic, body, 1, True):
                 self._own(topic)
 

@@ -392,6 +392,15 @@ def test_switching_to_aggregate_empties_retained_state_and_refuses_per_person_pa
                 15,
                 f"{topic} emptied",
             )
+        # Home Assistant gets a face-count sensor on the aggregate topic instead.
+        faces_config = f"homeassistant/sensor/edged_{DEVICE}_door_faces/config"
+        msgs = rec.wait_for(
+            lambda ms: any(m.topic == faces_config and m.payload for m in ms), 15, "faces sensor"
+        )
+        config = json.loads(next(m for m in msgs if m.topic == faces_config).payload)
+        assert config["state_topic"] == f"{BASE}/door/aggregate"
+        assert config["value_template"] == "{{ value_json.faces }}"
+        assert config["expire_after"] == 180
         rec.clear()
         assert pub.publish_event("door", {"track_id": 1, "type": "appeared"}) == 0
         pub.publish_state("door", "sad", {"faces": 1, "tracks": [{"track_id": 1}]})
