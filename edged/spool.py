@@ -426,8 +426,8 @@ class Spool:
             if gone:
                 self._dropped += gone
                 self._expired += gone
-        if gone:
-            log.warning(
+        if gone:  # info, not warning: this is the configured behaviour, not a fault
+            log.info(
                 "spool_expired",
                 path=str(self.path),
                 expired=gone,
