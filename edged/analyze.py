@@ -52,8 +52,12 @@ def analyze_file(
     out: Path | None = None,
     providers: Sequence[str] | None = None,
     emit: Callable[[dict[str, Any]], None],
+    blur: bool = False,
 ) -> None:
     """Run the pipeline on an image or video file; ``emit`` receives one object per frame.
+
+    ``blur``: the annotated copy (``out``) shows every face pixelated, for sharing an
+    example without sharing faces; the JSON is unchanged. Without ``out`` it is an error.
 
     Raises CaptureError when the file cannot be read, ConfigError for unknown phases or
     providers, ModelError (and subclasses) when no model can be loaded, EdgedError when the
@@ -68,6 +72,8 @@ def analyze_file(
                 f"--providers: unknown provider(s) {', '.join(unknown)}; "
                 f"known: {', '.join(ORT_NAMES)}"
             )
+    if blur and out is None:
+        raise ConfigError("--blur applies to the annotated copy: give --out PATH as well")
     if path.is_dir():
         raise CaptureError(f"{path}: is a directory, not an image or video file")
     if not path.is_file():
@@ -100,10 +106,10 @@ def analyze_file(
             detect_only=detect_only,
         )
         if image is not None:
-            _analyze_image(pipe, image, out, emit)
+            _analyze_image(pipe, image, out, emit, blur)
         else:
             assert capture is not None
-            _analyze_video(pipe, path, capture, first, out, emit)
+            _analyze_video(pipe, path, capture, first, out, emit, blur)
     finally:
         if capture is not None:
             capture.release()
@@ -151,13 +157,17 @@ def _open_video(path: Path) -> tuple[cv2.VideoCapture, tuple[Image, float]] | No
 
 
 def _analyze_image(
-    pipe: Pipeline, image: Image, out: Path | None, emit: Callable[[dict[str, Any]], None]
+    pipe: Pipeline,
+    image: Image,
+    out: Path | None,
+    emit: Callable[[dict[str, Any]], None],
+    blur: bool = False,
 ) -> None:
     (result,) = pipe.process([image])
     emit(frame_json(pipe, result))
     if out is not None:
         try:
-            ok = cv2.imwrite(str(out), draw_faces(image, result.faces))
+            ok = cv2.imwrite(str(out), draw_faces(image, result.faces, blur=blur))
         except cv2.error as exc:
             raise EdgedError(f"cannot write the annotated image {out}: {exc}") from exc
         if not ok:
@@ -191,6 +201,7 @@ def _analyze_video(
     first: tuple[Image, float],
     out: Path | None,
     emit: Callable[[dict[str, Any]], None],
+    blur: bool = False,
 ) -> None:
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     if not math.isfinite(fps) or fps <= 0:
@@ -211,7 +222,7 @@ def _analyze_video(
                 if out is not None:
                     if writer is None:
                         writer = _open_writer(out, fps or 25.0, frame)
-                    writer.write(draw_faces(frame, result.faces))
+                    writer.write(draw_faces(frame, result.faces, blur=blur))
                 index += 1
     finally:
         if writer is not None:

@@ -169,10 +169,14 @@ def analyze(
     providers: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cuda,cpu.")] = None,  # noqa: UP045
     config: ConfigOpt = None,
     log_level: LogLevelOpt = "warning",
+    blur: Annotated[
+        bool, typer.Option("--blur", help="Pixelate every face in the --out copy (to share it).")
+    ] = False,
 ) -> None:
     """Run the pipeline once on a file and print JSON (one object per frame for a video).
 
-    ``--detector`` alone runs detection only.
+    ``--detector`` alone runs detection only. ``--blur`` hides the faces in the ``--out``
+    copy (the JSON is unchanged).
     """
     _setup_logging(log_level, "console")
     with _errors():
@@ -189,6 +193,7 @@ def analyze(
             out=out,
             providers=providers.split(",") if providers else None,
             emit=lambda obj: typer.echo(json.dumps(obj)),
+            blur=blur,
         )
 
 

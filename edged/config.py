@@ -243,6 +243,28 @@ class ModelsSettings(_Section):
     mirror: str = ""
 
 
+class PrivacySettings(_Section):
+    """Data minimisation: what leaves the device about the people in front of a camera.
+
+    The defaults publish what the contract's payloads have always carried; each key here
+    can only take information away. A remote ``config/set`` may move them only towards less
+    data (see :func:`edged.privacy.check_remote_privacy`); loosening takes the config file.
+    """
+
+    #: False: no ``bbox`` in events or retained attributes (where a person stood).
+    publish_boxes: bool = True
+    #: False: events carry the emotion label and its confidence, not the whole distribution.
+    publish_scores: bool = True
+    #: ``aggregate``: per camera, every ``aggregate_interval_s``, only how many faces there
+    #: were and the distribution of their emotions; no per-person event, state or track id.
+    mode: Literal["tracks", "aggregate"] = "tracks"
+    aggregate_interval_s: float = Field(default=60.0, ge=1, le=86_400)
+    #: Aggregate reports only from frames with at least this many faces (0: no minimum).
+    min_faces: int = Field(default=0, ge=0, le=1024)
+    #: Spooled messages older than this are dropped and counted (0: no age limit).
+    spool_max_age_s: float = Field(default=0.0, ge=0)
+
+
 class CameraSettings(_Section):
     """One camera: a device, URL, file or GStreamer pipeline, capped at ``fps``."""
 
@@ -294,6 +316,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     smoothing: SmoothingSettings = Field(default_factory=SmoothingSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     cameras: list[CameraSettings] = Field(default_factory=list)
 
     @classmethod

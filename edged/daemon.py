@@ -54,6 +54,7 @@ from edged.errors import ConfigError, EdgedError
 from edged.health import HealthServer, Metrics
 from edged.loader import session_factory
 from edged.pipeline import FrameResult, Pipeline, build_pipeline
+from edged.privacy import Aggregator, check_remote_privacy, per_person_allowed
 from edged.publishing import Publisher
 from edged.sdnotify import Notifier
 from edged.tracking import Tracker, iso_utc
@@ -72,6 +73,8 @@ REMOTE_ALLOWED: tuple[str, ...] = (
     "mqtt.heartbeat_s",
     "mqtt.homeassistant",
     "health.stale_after_s",
+    # Only towards less data: check_remote_privacy refuses the rest.
+    "privacy.",
 )
 #: ``mqtt.homeassistant_prefix`` would let a remote sender write retained messages into
 #: another topic tree: the prefix match above must not admit it.
@@ -192,6 +195,8 @@ class CameraSlot:
     faces: int = 0
     last_state_key: str = ""
     last_state_at: float = 0.0
+    #: Aggregate mode only (``[privacy] mode``): the open interval's counts.
+    aggregator: Aggregator | None = None
 
 
 @dataclass
@@ -356,6 +361,7 @@ class Daemon:
         now = time.monotonic()
         for cam_id, slot in list(self.cameras.items()):
             await self._emit_events(cam_id, slot.tracker.flush(now))
+        await self._publish_aggregates(final=True)
         await self._stop_cameras(list(self.cameras))
         if self.publisher is not None:
             with contextlib.suppress(Exception):
@@ -384,7 +390,10 @@ class Daemon:
 
     def _new_tracker(self, cam_id: str) -> Tracker:
         return Tracker(
-            self._tracker_settings(self.settings, self.pipeline), cam_id, self.settings.device.id
+            self._tracker_settings(self.settings, self.pipeline),
+            cam_id,
+            self.settings.device.id,
+            privacy=self.settings.privacy,
         )
 
     def _add_camera(self, cam: CameraSettings) -> None:
@@ -427,6 +436,7 @@ class Daemon:
             pipeline = self.pipeline
             if not batch or pipeline is None:
                 await self._expire_idle_tracks()
+                await self._publish_aggregates()
                 await wait_event(self._frame_ready, self._idle_timeout(now))
                 continue
             self.rt.busy_since = time.monotonic()
@@ -444,6 +454,7 @@ class Daemon:
                     continue
                 await self._after_frame(cam_id, slot, frame, result)
             await self._expire_idle_tracks()
+            await self._publish_aggregates()
 
     def _idle_timeout(self, now: float) -> float:
         """Until the next camera is due under its fps cap, at most IDLE_TICK_S."""
@@ -477,8 +488,41 @@ class Daemon:
         slot.frames_processed += 1
         slot.faces = len(result.faces)
         events = slot.tracker.update(result.faces, frame.ts, frame.wall_ts)
+        if not per_person_allowed(self.settings.privacy):
+            # Aggregate mode: the tracker still smooths each face, but only counts leave.
+            if slot.aggregator is None:
+                slot.aggregator = Aggregator(
+                    cam_id, self.settings.device.id, self.settings.privacy, now
+                )
+            slot.aggregator.observe(slot.tracker.live_emotions())
+            return
+        slot.aggregator = None
         await self._emit_events(cam_id, events)
         self._publish_state(cam_id, slot)
+
+    async def _publish_aggregates(self, final: bool = False) -> None:
+        """Aggregate mode: close every camera's interval that is due (``final``: every one,
+        at a stop) and spool its report (none when no frame had ``min_faces`` faces)."""
+        now = time.monotonic()
+        for cam_id, slot in list(self.cameras.items()):
+            agg = slot.aggregator
+            if agg is None or not (final or agg.due(now)) or self.publisher is None:
+                continue
+            report = agg.report(now, iso_utc(time.time()))
+            if report is None:
+                continue
+            try:
+                await self.publisher.publish_aggregate_async(cam_id, report)
+            except EdgedError as exc:
+                log.error("aggregate_spool_failed", camera=cam_id, error=str(exc))
+                continue
+            log.info(
+                "aggregate_report",
+                camera=cam_id,
+                frames=report.frames,
+                faces=report.faces,
+                faces_mean=report.faces_mean,
+            )
 
     def _publish_state(self, cam_id: str, slot: CameraSlot) -> None:
         """Retained emotion/attributes when what they say changed.
@@ -500,14 +544,17 @@ class Daemon:
         now = time.monotonic()
         if key == slot.last_state_key and now - slot.last_state_at < self.settings.mqtt.heartbeat_s:
             return
+        if not per_person_allowed(self.settings.privacy):
+            return
         if self.publisher is not None:
             self.publisher.publish_state(cam_id, emotion, attrs)
         slot.last_state_key = key
         slot.last_state_at = now
 
     async def _emit_events(self, cam_id: str, events: list[dict[str, Any]]) -> None:
-        """Spool (fsync, off the loop, in order) and log each event."""
-        if self.publisher is None:
+        """Spool (fsync, off the loop, in order) and log each event; none in aggregate mode
+        (neither sent nor written to the log: a per-person record either way)."""
+        if self.publisher is None or not per_person_allowed(self.settings.privacy):
             return
         for event in events:
             try:
@@ -605,6 +652,16 @@ class Daemon:
     def _spool(self, mqtt: Mapping[str, Any]) -> dict[str, Any]:
         return {"pending": mqtt.get("spool_pending", 0), "dropped": mqtt.get("spool_dropped", 0)}
 
+    def _heartbeat_camera(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        """The heartbeat's fields of one camera. In aggregate mode with ``min_faces`` set, a
+        face count below the minimum is withheld (``null``): no report leaving the device
+        may describe fewer people than that, not even by their presence."""
+        out = {k: stats[k] for k in HEARTBEAT_CAMERA_KEYS}
+        p = self.settings.privacy
+        if not per_person_allowed(p) and 0 < (out["faces"] or 0) < p.min_faces:
+            out["faces"] = None
+        return out
+
     def heartbeat(self) -> dict[str, Any]:
         mqtt = self.publisher.stats() if self.publisher else {}
         return {
@@ -617,10 +674,7 @@ class Daemon:
             "models": dict(self.pipeline.models) if self.pipeline else {},
             "providers": self._models(),
             "fallbacks": self._fallbacks(),
-            "cameras": {
-                cid: {k: st[k] for k in HEARTBEAT_CAMERA_KEYS}
-                for cid, st in self.camera_stats().items()
-            },
+            "cameras": {cid: self._heartbeat_camera(st) for cid, st in self.camera_stats().items()},
             "spool": self._spool(mqtt),
         }
 
@@ -673,6 +727,7 @@ class Daemon:
             change = self.check_remote_change(payload)
             merged = merge_config(settings_data(self.settings), change)
             new = build_settings(merged, "config/set")
+            check_remote_privacy(self.settings.privacy, new.privacy)
             await self.apply(new, source="mqtt")
         except EdgedError as exc:
             log.warning("config_reload_rejected", source="mqtt", reason=str(exc))
@@ -756,7 +811,7 @@ class Daemon:
                 pipeline = await self._build_pipeline(new)
             if self._stop.is_set():
                 raise ConfigError("edged is stopping")
-            if self.publisher is not None and new.mqtt != old.mqtt:
+            if self.publisher is not None and (new.mqtt != old.mqtt or new.privacy != old.privacy):
                 # Builds the new client before dropping the old one; raises on bad creds/TLS.
                 await in_thread(self.publisher.update_settings, new)
             # ---- nothing below can fail on bad input: switch over.
@@ -808,7 +863,9 @@ class Daemon:
                 await self._emit_events(cam_id, slot.tracker.flush(now))
                 slot.tracker = self._new_tracker(cam_id)
             else:
-                slot.tracker.configure(settings)
+                slot.tracker.configure(settings, self.settings.privacy)
+            if slot.aggregator is not None:
+                slot.aggregator.configure(self.settings.privacy)
 
     async def _apply_cameras(self, old: Settings, new: Settings) -> None:
         before = {c.id: c for c in old.enabled_cameras()}

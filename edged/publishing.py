@@ -22,6 +22,10 @@ Design, and why:
 * **State is "latest wins"**: the per-camera ``emotion``/``attributes`` and the discovery
   configs are remembered, not spooled, and re-published (retained) on every connection, so
   retained state is right after an outage even if the broker lost it.
+* **Privacy is enforced again at this gate** (:mod:`edged.privacy`): events and attributes
+  are minimised before they are encoded, per-person payloads are refused in aggregate mode,
+  spooled events are re-shaped (or dropped) when the settings tighten, and spooled messages
+  older than ``[privacy] spool_max_age_s`` are dropped before they could be sent.
 * **Clean stop**: a clean DISCONNECT never fires the will, so :meth:`Publisher.stop`
   publishes the retained ``offline`` itself and waits (bounded) for its PUBACK.
 
@@ -64,9 +68,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged import __version__
-from edged.config import MqttSettings, Settings
+from edged.config import MqttSettings, PrivacySettings, Settings
 from edged.errors import ConfigError, PublishError, SpoolError
-from edged.spool import Spool, spool_path
+from edged.privacy import (
+    AggregateReport,
+    minimise_attributes,
+    minimise_event,
+    minimise_spooled_event,
+    per_person_allowed,
+)
+from edged.spool import Spool, SpoolRow, spool_path
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +130,10 @@ class Topics:
     def attributes(self, camera_id: str) -> str:
         return f"{self.base}/{camera_id}/attributes"
 
+    def aggregate(self, camera_id: str) -> str:
+        """Aggregate mode's per-camera report (counts and an emotion distribution)."""
+        return f"{self.base}/{camera_id}/aggregate"
+
     def ha_config(self, unique_id: str) -> str:
         return f"{self.ha_prefix}/sensor/{unique_id}/config"
 
@@ -158,6 +173,36 @@ def discovery_config(settings: Settings, camera_id: str) -> dict[str, Any]:
         },
         "origin": {"name": "edged", "sw_version": __version__},
     }
+
+
+def aggregate_unique_id(device_id: str, camera_id: str) -> str:
+    """Home Assistant unique id of a camera's face-count sensor (aggregate mode)."""
+    return _HA_ID_RE.sub("_", f"edged_{device_id}_{camera_id}_faces")
+
+
+def aggregate_discovery_config(
+    settings: Settings, camera_id: str, privacy: PrivacySettings
+) -> dict[str, Any]:
+    """Aggregate mode's Home Assistant sensor of one camera: the most faces seen at once in
+    the last report, with the emotion distribution as attributes. It expires (shows
+    unavailable) after three intervals without a report: none comes while fewer than
+    ``min_faces`` faces are seen, and an old count must not pass for the present."""
+    config = discovery_config(settings, camera_id)
+    topic = topics_for(settings).aggregate(camera_id)
+    config.update(
+        {
+            "name": f"{camera_id} faces",
+            "unique_id": aggregate_unique_id(settings.device.id, camera_id),
+            "state_topic": topic,
+            "value_template": "{{ value_json.faces }}",
+            "json_attributes_topic": topic,
+            "json_attributes_template": "{{ value_json.emotions | tojson }}",
+            "state_class": "measurement",
+            "expire_after": max(1, round(3 * privacy.aggregate_interval_s)),
+            "icon": "mdi:account-group",
+        }
+    )
+    return config
 
 
 def _utc_now_iso() -> str:
@@ -247,6 +292,12 @@ class Publisher:
             raise PublishError("max_inflight must be >= 1")
         self.on_config_set = on_config_set
         self._settings = settings
+        # The privacy settings every gate reads; changed (with the spool re-shaped) under
+        # _privacy_lock, which publish_event holds from its check to its spool write, so no
+        # event can be checked under the old settings and land in the spool after the
+        # re-shaping for the new ones.
+        self._privacy = settings.privacy
+        self._privacy_lock = threading.Lock()
         # _connection_key of the settings the current client was built from (None: none
         # built yet), taken when it was built: a password file can change under it later
         self._client_key: tuple[Any, ...] | None = None
@@ -358,11 +409,12 @@ class Publisher:
         if not self._cameras_known:
             return
         wanted: set[str] = set()
+        per_person = per_person_allowed(self._privacy)
         for camera in self._cameras:
-            wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
+            if per_person:
+                wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
             if self._settings.mqtt.homeassistant:
-                uid = discovery_unique_id(self._settings.device.id, camera)
-                wanted.add(self._topics.ha_config(uid))
+                wanted.add(self._topics.ha_config(self._discovery_uid(camera)))
         self._clear_topics = (self._clear_topics | (self._owned - wanted)) - wanted
 
     @staticmethod
@@ -427,8 +479,13 @@ class Publisher:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start connecting in the background and start the spool sender; returns at once."""
+        """Start connecting in the background and start the spool sender; returns at once.
+
+        Events a previous run left in the spool are first re-shaped for today's privacy
+        settings (they may have been written under looser ones).
+        """
         with self._lifecycle_lock:
+            self._minimise_spool(self._privacy)
             self._start_locked(None)
 
     def _prepare_client(self, settings: Settings) -> mqtt.Client:
@@ -590,6 +647,12 @@ class Publisher:
         self._spool.set_limits(
             max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
         )
+        if settings.privacy != self._privacy:
+            with self._privacy_lock:
+                with self._state_lock:
+                    self._privacy = settings.privacy
+                    self._apply_privacy()
+                self._minimise_spool(settings.privacy)
         if client is None:
             self._settings = settings
             return
@@ -613,15 +676,77 @@ class Publisher:
 
     def publish_event(self, camera_id: str, event: Mapping[str, Any]) -> int:
         """Spool an event (durably) for ``<base>/<camera>/event`` at QoS 1; returns its spool
-        id (0 when it was too large for the spool and dropped). Raises
+        id (0 when it was too large for the spool and dropped, or when ``[privacy] mode`` is
+        ``aggregate``, which publishes no per-person event). Raises
         :class:`~edged.errors.SpoolError` when the spool cannot be written.
         """
         topic = self._topics.event(_check_camera_id(camera_id))
-        row_id = self._spool.put(topic, _json_bytes(event), qos=1)
+        with self._privacy_lock:
+            privacy = self._privacy
+            if not per_person_allowed(privacy):
+                log.debug("event_not_published", camera=camera_id, reason="privacy.mode aggregate")
+                return 0
+            return self._spool_put(topic, _json_bytes(minimise_event(event, privacy)))
+
+    def publish_aggregate(self, camera_id: str, report: AggregateReport) -> int:
+        """Spool an aggregate report for ``<base>/<camera>/aggregate`` at QoS 1 (not
+        retained: a report describes its interval, not the present); returns its spool id.
+        """
+        topic = self._topics.aggregate(_check_camera_id(camera_id))
+        return self._spool_put(topic, _json_bytes(report.to_json()))
+
+    async def publish_aggregate_async(self, camera_id: str, report: AggregateReport) -> int:
+        """:meth:`publish_aggregate` off the event loop, on the events' worker thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-spool")
+        future = self._executor.submit(self.publish_aggregate, camera_id, report)
+        return await asyncio.wrap_future(future)
+
+    def _spool_put(self, topic: str, payload: bytes) -> int:
+        row_id = self._spool.put(topic, payload, qos=1)
         with self._cv:
             self._wake = True
             self._cv.notify_all()
         return row_id
+
+    def _minimise_spool(self, privacy: PrivacySettings) -> None:
+        """Re-shape waiting events for ``privacy`` (dropped in aggregate mode)."""
+        if self._spool.closed or self._spool.pending() == 0:
+            return
+        if per_person_allowed(privacy) and privacy.publish_boxes and privacy.publish_scores:
+            return  # nothing an event could lose: do not read the whole spool for nothing
+
+        def shape(row: SpoolRow) -> bytes | None:
+            if not row.topic.endswith("/event"):
+                return row.payload
+            return minimise_spooled_event(row.payload, privacy)
+
+        try:
+            rewritten, dropped = self._spool.rewrite(shape)
+        except SpoolError as exc:
+            log.error("spool_not_minimised", error=str(exc))
+            return
+        if rewritten or dropped:
+            log.info("spool_minimised", rewritten=rewritten, dropped=dropped, mode=privacy.mode)
+
+    def _apply_privacy(self) -> None:
+        """New privacy settings for the remembered state (under ``_state_lock``): gone in
+        aggregate mode (its retained topics are emptied), re-shaped otherwise."""
+        privacy = self._privacy
+        if not per_person_allowed(privacy):
+            self._states.clear()
+            self._sent_state.clear()
+        for camera, (emotion, attrs) in list(self._states.items()):
+            try:
+                shaped = _json_bytes(minimise_attributes(json.loads(attrs), privacy))
+            except (ValueError, PublishError):
+                continue
+            self._states[camera] = (emotion, shaped)
+        self._reconcile()
+        self._flush_clears()
+        self._send_discovery()  # the sensor of the mode now in force
+        for camera in list(self._states):
+            self._send_state(camera)
 
     async def publish_event_async(self, camera_id: str, event: Mapping[str, Any]) -> int:
         """:meth:`publish_event` off the event loop, on one worker thread so order is kept."""
@@ -637,7 +762,10 @@ class Publisher:
         are not re-sent on the same connection.
         """
         _check_camera_id(camera_id)
-        attrs = _json_bytes(attributes)
+        privacy = self._privacy
+        if not per_person_allowed(privacy):
+            return
+        attrs = _json_bytes(minimise_attributes(attributes, privacy))
         with self._state_lock:
             self._states[camera_id] = (emotion, attrs)
             self._clear_topics.discard(self._topics.emotion(camera_id))
@@ -706,12 +834,24 @@ class Publisher:
             self._mark_owned_dirty()
             log.info("retained_topics_cleared", topics=cleared)
 
+    def _discovery_uid(self, camera: str) -> str:
+        """The camera's HA sensor: its emotion, or in aggregate mode its face count."""
+        if per_person_allowed(self._privacy):
+            return discovery_unique_id(self._settings.device.id, camera)
+        return aggregate_unique_id(self._settings.device.id, camera)
+
     def _send_discovery(self) -> None:
         if not self._settings.mqtt.homeassistant:
             return
+        per_person = per_person_allowed(self._privacy)
         for camera in self._cameras:
-            topic = self._topics.ha_config(discovery_unique_id(self._settings.device.id, camera))
-            body = _json_bytes(discovery_config(self._settings, camera))
+            topic = self._topics.ha_config(self._discovery_uid(camera))
+            config = (
+                discovery_config(self._settings, camera)
+                if per_person
+                else aggregate_discovery_config(self._settings, camera, self._privacy)
+            )
+            body = _json_bytes(config)
             if self._publish_if_connected(topic, body, 1, True):
                 self._own(topic)
 
@@ -724,6 +864,7 @@ class Publisher:
                 "connected": self._connected,
                 "spool_pending": self._spool.pending(),
                 "spool_dropped": self._spool.dropped(),
+                "spool_expired": self._spool.expired(),
                 "events_published": self._events_published,
                 "events_rejected": self._events_rejected,
                 "inflight": self._events_inflight,
@@ -950,6 +1091,7 @@ class Publisher:
                 discovery_due, self._discovery_due = self._discovery_due, False
             try:
                 self._process_acks()
+                self._expire_spool()
                 if connected:
                     if gen != my_gen:
                         my_gen, cursor = gen, 0
@@ -964,6 +1106,12 @@ class Publisher:
                     self._last_error = f"sender: {exc}"
                 log.exception("mqtt_sender_error", error=str(exc))
                 time.sleep(1.0)
+
+    def _expire_spool(self) -> None:
+        """Drop spooled messages older than ``[privacy] spool_max_age_s`` (sender thread)."""
+        max_age = self._privacy.spool_max_age_s
+        if max_age > 0 and self._spool.pending():
+            self._spool.expire(max_age)
 
     def _announce_connection(self) -> None:
         """First thing on a new connection: ``online``, pending clears, discovery, state."""
@@ -985,6 +1133,7 @@ class Publisher:
             if room <= 0 or client is None:
                 return cursor
             self._process_acks()  # keep the spool (and pending count) current while streaming
+            self._expire_spool()  # an expired row is never handed to paho
             rows = self._spool.peek(room, after=cursor)
             if not rows:
                 return cursor

@@ -21,6 +21,12 @@ either, the *oldest* rows are dropped in the same transaction, and the number dr
 added to a counter persisted in the same file, so "events lost to the bound" survives
 restarts and is reported in heartbeats and metrics.
 
+Age: with ``[privacy] spool_max_age_s`` set, :meth:`Spool.expire` drops rows older than
+that (they count as dropped, and separately as expired), so an emotion record does not
+outlive its use while the broker is away. :meth:`Spool.rewrite` re-shapes or drops waiting
+rows when the privacy settings tighten. ``secure_delete`` is on: a deleted row's bytes are
+overwritten in the database file, not left in a free page.
+
 A file that is not a database or fails SQLite's integrity check is moved aside (kept for
 inspection as ``spool.sqlite3.corrupt-<UTC timestamp>``) and a fresh spool is started, with
 an error log line naming both files. Refusing to start would turn one damaged file into a
@@ -36,6 +42,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,6 +69,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('expired', 0);
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -132,6 +140,7 @@ class Spool:
             except _CorruptError as again:
                 raise SpoolError(f"spool {path}: fresh spool unusable: {again.reason}") from again
         self._count, self._bytes, self._dropped = self._load_counts()
+        self._expired = self._load_meta("expired")
         log.info(
             "spool_opened",
             path=str(path),
@@ -160,6 +169,8 @@ class Spool:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if mode is None or str(mode[0]).lower() != "wal":
                 raise SpoolError(f"spool {self.path}: cannot enable WAL (got {mode!r})")
+            # Deleted events (acknowledged, expired) are zeroed, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
             check = conn.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise _CorruptError(f"integrity check failed: {check!r}")
@@ -201,6 +212,13 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
         return int(count), int(size), int(dropped)
+
+    def _load_meta(self, key: str) -> int:
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot read: {exc}") from exc
+        return int(row[0]) if row is not None else 0
 
     # -- internals -----------------------------------------------------------------------
 
@@ -377,6 +395,93 @@ class Spool:
                 raise SpoolError(f"spool {self.path}: cannot delete: {exc}") from exc
         return removed
 
+    def expire(self, max_age_s: float, now: float | None = None) -> int:
+        """Drop rows put more than ``max_age_s`` seconds ago (by the wall clock); returns
+        how many. They are counted as dropped (the heartbeat's figure) and as expired."""
+        if max_age_s <= 0:
+            return 0
+        cutoff = (time.time() if now is None else now) - max_age_s
+        with self._lock:
+            conn = self._conn_or_raise()
+            count, nbytes = self._count, self._bytes
+            try:
+                self._set_sync("FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                sizes = conn.execute(
+                    f"DELETE FROM events WHERE created < ? RETURNING {_SIZE_SQL}", (cutoff,)
+                ).fetchall()
+                gone = len(sizes)
+                if gone:
+                    self._count -= gone
+                    self._bytes -= sum(int(r[0]) for r in sizes)
+                    conn.execute(
+                        "UPDATE meta SET value = value + ? WHERE key IN ('dropped', 'expired')",
+                        (gone,),
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                self._count, self._bytes = count, nbytes
+                raise SpoolError(f"spool {self.path}: cannot expire: {exc}") from exc
+            if gone:
+                self._dropped += gone
+                self._expired += gone
+        if gone:  # info, not warning: this is the configured behaviour, not a fault
+            log.info(
+                "spool_expired",
+                path=str(self.path),
+                expired=gone,
+                max_age_s=max_age_s,
+                expired_total=self._expired,
+            )
+        return gone
+
+    def rewrite(self, shape: Callable[[SpoolRow], bytes | None]) -> tuple[int, int]:
+        """Re-shape every waiting row in one transaction: ``shape`` returns the new payload
+        (the same bytes: unchanged) or ``None`` to drop the row, counted as dropped.
+        Returns ``(rewritten, dropped)``. For privacy settings that tightened while events
+        waited: they leave under the settings in force when they are sent."""
+        rewritten = dropped = 0
+        with self._lock:
+            conn = self._conn_or_raise()
+            count, nbytes = self._count, self._bytes
+            try:
+                self._set_sync("FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                rows = conn.execute(
+                    "SELECT id, topic, payload, qos, retain FROM events ORDER BY id"
+                ).fetchall()
+                for i, t, p, q, r in rows:
+                    row = SpoolRow(int(i), str(t), bytes(p), int(q), bool(r))
+                    new = shape(row)
+                    if new is None:
+                        conn.execute("DELETE FROM events WHERE id = ?", (row.id,))
+                        self._count -= 1
+                        self._bytes -= _row_size(row.topic, row.payload)
+                        dropped += 1
+                    elif new != row.payload:
+                        conn.execute(
+                            "UPDATE events SET payload = ? WHERE id = ?",
+                            (sqlite3.Binary(new), row.id),
+                        )
+                        self._bytes += len(new) - len(row.payload)
+                        rewritten += 1
+                if dropped:
+                    conn.execute(
+                        "UPDATE meta SET value = value + ? WHERE key = 'dropped'", (dropped,)
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                self._count, self._bytes = count, nbytes
+                raise SpoolError(f"spool {self.path}: cannot rewrite: {exc}") from exc
+            except BaseException:  # ``shape`` failed: change nothing
+                self._rollback(conn)
+                self._count, self._bytes = count, nbytes
+                raise
+            self._dropped += dropped
+        return rewritten, dropped
+
     def get_value(self, key: str) -> str | None:
         """A small piece of publisher state kept beside the events (``None`` if unset)."""
         with self._lock:
@@ -412,6 +517,11 @@ class Spool:
     def dropped(self) -> int:
         """Rows dropped by the bounds since the spool file was created (persisted)."""
         return self._dropped
+
+    def expired(self) -> int:
+        """Rows dropped for their age since the spool file was created (persisted; also
+        included in :meth:`dropped`)."""
+        return self._expired
 
     def set_limits(self, *, max_events: int, max_bytes: int) -> None:
         """Change the bounds (config reload); an over-full spool is trimmed at once."""

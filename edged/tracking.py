@@ -33,6 +33,10 @@ establish no emotion and so make no events.
 With ``smoothing.enabled = false`` (``sota_phase1``, ``current``) the raw per-frame
 distribution is used with no dwell; ``min_confidence`` still applies.
 
+The ``[privacy]`` settings shape events and attributes here, where they are built:
+``publish_boxes = false`` leaves out every ``bbox``, ``publish_scores = false`` an event's
+``scores`` (see :mod:`edged.privacy`).
+
 Everything is deterministic given the inputs: time comes in as arguments (``ts`` monotonic
 seconds for dwell/timeouts, ``wall_ts`` epoch seconds for the event's ``ts`` field); only the
 event ids are random (uuid4), and ``wall_ts`` defaults to ``time.time()`` when omitted.
@@ -52,7 +56,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edged.catalog import CANONICAL_LABELS
-from edged.config import SmoothingSettings
+from edged.config import PrivacySettings, SmoothingSettings
+from edged.privacy import minimise_attributes, minimise_event
 
 FloatVec = npt.NDArray[np.float64]
 
@@ -155,8 +160,10 @@ class Tracker:
         camera_id: str,
         device_id: str,
         labels: tuple[str, ...] | None = None,
+        privacy: PrivacySettings | None = None,
     ) -> None:
         self.camera_id = camera_id
+        self.privacy = privacy if privacy is not None else PrivacySettings()
         self.device_id = device_id
         #: Fixed label order of the smoothed vectors; scores for other labels are ignored.
         self.labels: tuple[str, ...] = labels if labels is not None else CANONICAL_LABELS
@@ -173,13 +180,18 @@ class Tracker:
     def settings(self) -> SmoothingSettings:
         return self._settings
 
-    def configure(self, settings: SmoothingSettings) -> None:
+    def configure(
+        self, settings: SmoothingSettings, privacy: PrivacySettings | None = None
+    ) -> None:
         """Apply new smoothing settings (a reload) without losing tracks or their emotions.
 
         The smoothed state carries over: a window is re-seeded from the current smoothed
-        vector, so switching method or window length does not restart the dwell.
+        vector, so switching method or window length does not restart the dwell. New
+        privacy settings shape the next payload built.
         """
         self._settings = settings
+        if privacy is not None:
+            self.privacy = privacy
         for track in self._tracks.values():
             if track.smoothed is not None:
                 track.window = deque([track.smoothed], maxlen=settings.window)
@@ -246,6 +258,11 @@ class Tracker:
         self._tracks.clear()
         return events
 
+    def live_emotions(self) -> list[str | None]:
+        """The established emotion of every live track (``None`` where not yet), by id:
+        what aggregate mode counts, without any id or box leaving the tracker."""
+        return [self._tracks[tid].emotion for tid in sorted(self._tracks)]
+
     def state(self) -> tuple[str, dict[str, Any]]:
         """The camera's retained state: ``(emotion, attributes)``.
 
@@ -253,7 +270,8 @@ class Tracker:
         area) among those with an emotion, else ``"none"``. Attributes:
         ``{"faces": n, "tracks": [{"track_id", "emotion", "confidence", "bbox"}]}`` for every
         live track (seen within ``track_timeout_s``), with ``emotion``/``confidence`` ``null``
-        until established and ``bbox`` as ``[x, y, w, h]``.
+        until established and ``bbox`` as ``[x, y, w, h]`` (left out when
+        ``privacy.publish_boxes`` is false).
         """
         tracks = sorted(self._tracks.values(), key=lambda t: t.track_id)
         with_emotion = [t for t in tracks if t.emotion is not None]
@@ -273,7 +291,7 @@ class Tracker:
                 for t in tracks
             ],
         }
-        return emotion, attributes
+        return emotion, minimise_attributes(attributes, self.privacy)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -351,7 +369,7 @@ class Tracker:
             for i, lab in enumerate(self.labels)
             if lab in self._seen
         }
-        return {
+        event = {
             "schema": 1,
             "id": uuid.uuid4().hex,
             "ts": iso_utc(wall),
@@ -366,6 +384,7 @@ class Tracker:
             "bbox": _xywh(track.bbox),
             "duration_s": round(max(duration_s, 0.0), 3),
         }
+        return minimise_event(event, self.privacy)
 
 
 def _bbox4(bbox: Sequence[float]) -> tuple[float, float, float, float]:

@@ -191,3 +191,38 @@ def test_a_file_that_cannot_be_read_is_a_capture_error_naming_it(tmp_path: Path)
     # As root no permission bit stops a read; a directory is an unreadable path for anyone.
     with pytest.raises(CaptureError, match=re.escape(f"{tmp_path}: cannot read it: ")):
         _read_image(tmp_path)
+
+
+def _laplacian_var(img: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+def test_blur_hides_every_face_of_the_annotated_copy_so_the_detector_finds_none(
+    tmp_path: Path, images: Path, models_dir: Path
+) -> None:
+    out = tmp_path / "blurred.png"
+    args = ("--models-dir", models_dir, "--detector", "scrfd_2.5g", "--classifier", "enet_b0_8")
+    proc = edged("analyze", images / "s_l.jpg", *args, "--out", out, "--blur", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (obj,) = json_lines(proc.stdout)
+    assert len(obj["faces"]) == 2, "the JSON is the same as without --blur"
+    original = cv2.imread(str(images / "s_l.jpg"))
+    blurred = cv2.imread(str(out))
+    assert original is not None and blurred is not None and blurred.shape == original.shape
+    for face in obj["faces"]:
+        x, y, w, h = (round(v) for v in face["bbox"])
+        inner = (slice(y + h // 6, y + h - h // 6), slice(x + w // 6, x + w - w // 6))
+        assert _laplacian_var(blurred[inner]) < 0.1 * _laplacian_var(original[inner]), face
+    # The same detector, run on the shared copy, no longer finds a face in it.
+    again = edged("analyze", out, "--models-dir", models_dir, "--detector", "scrfd_2.5g",
+                  cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    (seen,) = json_lines(again.stdout)
+    assert seen["faces"] == [], seen["faces"]
+
+
+def test_blur_without_out_is_refused_saying_what_it_needs(
+    tmp_path: Path, images: Path, models_dir: Path
+) -> None:
+    proc = edged("analyze", images / "s_l.jpg", "--models-dir", models_dir, "--blur", cwd=tmp_path)
+    assert proc.returncode == 1 and "--out" in proc.stderr, proc.stderr

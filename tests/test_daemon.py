@@ -133,7 +133,13 @@ def write_config(
 class DaemonProcess:
     """``python -m edged run`` in a subprocess, JSON logs to a file."""
 
-    def __init__(self, config: Path, log: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log_path = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
         env.update(extra_env or {})
@@ -143,6 +149,7 @@ class DaemonProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
         )
 
     def logs(self) -> list[dict[str, Any]]:
