@@ -39,6 +39,7 @@ import re
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,8 +63,11 @@ Image = npt.NDArray[np.uint8]
 _URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 #: Used when a file reports no usable frame rate (some containers store 0 or 90000).
 _DEFAULT_FILE_FPS = 25.0
-#: Weight of the newest inter-frame interval in the fps_in average.
-_FPS_EMA = 0.1
+#: fps_in is the rate over the last this many frames. A window, not an average of single
+#: intervals: the paced file reader delivers a late frame's successor at once, and one short
+#: interval made an interval average read 56 fps on a 50 fps file; over N frames pacing
+#: bounds the rate by N/(N-1) of the source's.
+_FPS_WINDOW = 30
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,7 @@ class Camera:
         self._dropped = 0
         self._reconnects = 0
         self._last_ts: float | None = None
-        self._ema_dt: float | None = None
+        self._put_times: deque[float] = deque(maxlen=_FPS_WINDOW)
         self._width = 0
         self._height = 0
         self._last_error: str | None = None
@@ -292,7 +296,7 @@ class Camera:
             running = self._state == "running"
             return {
                 "state": self._state,
-                "fps_in": round(1.0 / self._ema_dt, 2) if running and self._ema_dt else 0.0,
+                "fps_in": self._fps_in() if running else 0.0,
                 "frames_in": self._frames_in,
                 "dropped_frames": self._dropped,
                 "last_frame_age_s": None if self._last_ts is None else now - self._last_ts,
@@ -393,8 +397,8 @@ class Camera:
         with self._cond:
             self._last_error = error
             self._reconnects += 1
-            # A gap while reconnecting is not an inter-frame interval: restart the average.
-            self._ema_dt = None
+            # A gap while reconnecting is not an inter-frame interval: restart the window.
+            self._put_times.clear()
             self._set_state("reconnecting")
         log.warning(
             "camera_reconnect",
@@ -414,7 +418,6 @@ class Camera:
         period = 1.0 / _file_fps(cap) if paced else 0.0
         t0 = time.monotonic()
         delivered = 0
-        prev_put: float | None = None
         log.info(
             "camera_opened",
             camera=self.id,
@@ -443,11 +446,17 @@ class Camera:
                     self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
                 if self._stop.is_set():
                     return "stopped", delivered
-            prev_put = self._put(np.asarray(image, dtype=np.uint8), prev_put)
+            self._put(np.asarray(image, dtype=np.uint8))
             delivered += 1
         return "stopped", delivered
 
-    def _put(self, image: Image, prev_put: float | None) -> float:
+    def _fps_in(self) -> float:
+        """Frames per second over the window (caller holds the lock); 0 before 2 frames."""
+        times = self._put_times
+        span = times[-1] - times[0] if len(times) >= 2 else 0.0
+        return round((len(times) - 1) / span, 2) if span > 0 else 0.0
+
+    def _put(self, image: Image) -> None:
         now, wall = time.monotonic(), time.time()
         with self._cond:
             frame = Frame(image, now, wall, self._seq, self.id)
@@ -456,11 +465,7 @@ class Camera:
                 self._dropped += 1
             self._slot = frame
             self._frames_in += 1
-            if prev_put is not None:
-                dt = now - prev_put
-                self._ema_dt = (
-                    dt if self._ema_dt is None else (1 - _FPS_EMA) * self._ema_dt + (_FPS_EMA * dt)
-                )
+            self._put_times.append(now)
             self._last_ts = now
             self._height, self._width = int(image.shape[0]), int(image.shape[1])
             self._last_error = None
@@ -471,7 +476,6 @@ class Camera:
                 self._on_frame(frame)
             except Exception:
                 log.exception("camera_on_frame_failed", camera=self.id)
-        return now
 
 
 @dataclass(frozen=True)
