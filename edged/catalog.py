@@ -176,6 +176,12 @@ HSEMOTION_CROPS = (CropSpec("box", 1.0), CropSpec("align", 1.4))
 #: 0.9/0.95/1.0/1.05/1.1 by macro-F1 of both v2 graphs (models/README.md).
 FER2013_CROPS = (CropSpec("box", 1.045), CropSpec("align", 0.9, template=FER2013_UNIT))
 
+#: Models trained here on FER2013 re-cut by edged's own detector and crop
+#: (``tools/fer_crops.py``): the landmarks aligned onto FER2013's positions at its own
+#: scale, fixed before training (it frames a face the same whichever detector found it).
+#: The box form is the detectors' median box ratio, for ``[pipeline] crop = "box"``.
+V3_CROPS = (CropSpec("align", 1.0, template=FER2013_UNIT), CropSpec("box", 0.95))
+
 _HSE_BASE = (
     "https://github.com/HSE-asavchenko/face-emotion-recognition/raw/main/models/"
     "affectnet_emotions/onnx/"
@@ -438,17 +444,23 @@ CATALOG: dict[str, ModelSpec] = {
                 "efficientvit/efficientvit_m5_backbone.onnx",
                 "efficientvit/efficientvit_m5_emotion_head.onnx",
             ),
-            description="EfficientViT-M5 backbone + emotion head, 8 classes, 224x224",
+            description="EfficientViT-M5 backbone + emotion head, 8 classes, 224x224 (or the "
+            "size the backbone file fixes)",
             input_size=224,
-            inputs=(((None, 3, 224, 224),), ((None, 384),)),
+            # The side is the file's: the seed's 224, or what a CPU run of
+            # tools/train_efficientvit.py was trained and exported at.
+            inputs=(((None, 3, None, None),), ((None, 384),)),
             outputs=(((None, 384),), ((None, 8),)),
             labels=HSEMOTION_8,
             color="rgb",
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
+            # the only weights there are are edged's own, trained on FER2013 faces re-cut by
+            # tools/fer_crops.py with this crop (the sidecar records it)
+            crops=V3_CROPS,
             license="project-trained weights required (see models/README.md)",
-            size_hint=31_335_570,
-            notes="No public weights: train with tools/train_emotion.py or import your own.",
+            size_hint=48_600_000,
+            notes="No public weights: train with tools/train_efficientvit.py or import your own.",
         ),
         _fer(
             "edged_fer",

@@ -87,6 +87,18 @@ def resize_crops(
     return np.stack(out).astype(np.uint8, copy=False)
 
 
+def _fixed_side(session: ort.InferenceSession) -> int | None:
+    """The square input side a file fixes (``[N, C, S, S]``), None when it is dynamic.
+
+    A spec may leave the side open (EfficientViT-M5: the seed's 224, or the smaller size a
+    CPU-trained export was made at); the file then says what it was trained at.
+    """
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3] and shape[2] > 0:
+        return int(shape[2])
+    return None
+
+
 class OnnxClassifier:
     """Base of the ONNX classifiers: subclasses implement :meth:`preprocess`.
 
@@ -105,7 +117,9 @@ class OnnxClassifier:
         self.name = spec.name
         self.provider = provider
         self.spec = spec
-        self.input_size = spec.input_size
+        self.input_size = _fixed_side(sessions[0]) if sessions else None
+        if self.input_size is None:
+            self.input_size = spec.input_size
         self.labels: tuple[str, ...] = spec.canonical_labels
         self._sessions = list(sessions)
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
