@@ -117,9 +117,8 @@ class OnnxClassifier:
         self.name = spec.name
         self.provider = provider
         self.spec = spec
-        self.input_size = _fixed_side(sessions[0]) if sessions else None
-        if self.input_size is None:
-            self.input_size = spec.input_size
+        side = _fixed_side(sessions[0]) if sessions else None
+        self.input_size: int = side if side is not None else spec.input_size
         self.labels: tuple[str, ...] = spec.canonical_labels
         self._sessions = list(sessions)
         self._input_names = [s.get_inputs()[0].name for s in self._sessions]
