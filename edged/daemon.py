@@ -189,6 +189,8 @@ class CameraSlot:
     fps_processed: float = 0.0
     last_processed: float = 0.0
     faces: int = 0
+    #: Frames dropped because inference raised (a model failing at run time).
+    frames_failed: int = 0
     last_state_key: str = ""
     last_state_at: float = 0.0
 
@@ -197,6 +199,10 @@ class CameraSlot:
 class _Runtime:
     started: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
+    inference_failures: int = 0
+    last_inference_error: str | None = None
+    last_inference_error_at: float | None = None
+    last_inference_log: float = 0.0
 
 
 #: The heartbeat's per-camera fields (the contract's list).
@@ -432,7 +438,7 @@ class Daemon:
             try:
                 results = await self._infer.run(pipeline.process, [f.image for _, _, f in batch])
             except EdgedError as exc:  # a model failing at run time must not kill the loop
-                log.error("inference_failed", error=str(exc), cameras=[c for c, _, _ in batch])
+                self._inference_failed(str(exc), batch)
                 await asyncio.sleep(0.5)
                 continue
             finally:
@@ -443,6 +449,29 @@ class Daemon:
                     continue
                 await self._after_frame(cam_id, slot, frame, result)
             await self._expire_idle_tracks()
+
+    def _inference_failed(self, error: str, batch: list[tuple[str, CameraSlot, Frame]]) -> None:
+        """The batch's frames are dropped and counted; /health reports the error for a while.
+
+        Logged when the error changes and otherwise at most every 10 s (with the count), so a
+        model failing on every frame does not flood the journal.
+        """
+        now = time.monotonic()
+        rt = self.rt
+        for _, slot, _ in batch:
+            slot.frames_failed += 1
+        rt.inference_failures += len(batch)
+        repeated = error == rt.last_inference_error and now - rt.last_inference_log < 10.0
+        rt.last_inference_error = error
+        rt.last_inference_error_at = now
+        if not repeated:
+            rt.last_inference_log = now
+            log.error(
+                "inference_failed",
+                error=error,
+                cameras=[c for c, _, _ in batch],
+                frames_failed=rt.inference_failures,
+            )
 
     def _idle_timeout(self, now: float) -> float:
         """Until the next camera is due under its fps cap, at most IDLE_TICK_S."""
@@ -594,6 +623,7 @@ class Daemon:
                 "faces": slot.faces,
                 "frames_in": st.get("frames_in", 0),
                 "frames_processed": slot.frames_processed,
+                "frames_failed": slot.frames_failed,
                 "dropped_frames": st.get("dropped_frames", 0),
                 "last_frame_age_s": round(age, 3) if isinstance(age, float) else age,
                 "reconnects": st.get("reconnects", 0),
@@ -637,6 +667,15 @@ class Daemon:
             "mqtt": mqtt,
             "spool": self._spool(mqtt),
             "inference_busy_s": self.inference_busy_s(),
+            "inference": self._inference_health(),
+        }
+
+    def _inference_health(self) -> dict[str, Any]:
+        at = self.rt.last_inference_error_at
+        return {
+            "failures": self.rt.inference_failures,
+            "last_error": self.rt.last_inference_error,
+            "last_error_age_s": None if at is None else round(time.monotonic() - at, 3),
         }
 
     # ------------------------------------------------------------------ reload

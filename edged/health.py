@@ -23,8 +23,11 @@ missing one reads as empty/zero::
 
 Health is derived from it by :func:`evaluate_health`: ``failing`` (HTTP 503) when no model is
 loaded, or cameras are configured and none produces frames; ``degraded`` when some camera
-does not produce frames or MQTT is disconnected; ``ok`` otherwise. A camera *produces frames*
-when its state is ``running`` and its newest frame is younger than ``stale_after_s``.
+does not produce frames, inference failed within the last ``stale_after_s`` (snapshot key
+``inference``: failures, last_error, last_error_age_s), or MQTT is disconnected (with the
+publisher's ``last_error``: a TLS or protocol failure says which); ``ok`` otherwise. A
+camera *produces frames* when its state is ``running`` and its newest frame is younger than
+``stale_after_s``.
 
 Metrics live in a private :class:`prometheus_client.CollectorRegistry` (never the global
 one, so two daemons in one test process do not collide). Counts that another component
@@ -133,9 +136,14 @@ def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
         failing.append("no camera producing frames: " + "; ".join(down))
     else:
         degraded.extend(down)
+    inference = snapshot.get("inference") or {}
+    error_age = inference.get("last_error_age_s")
+    if isinstance(error_age, (int, float)) and error_age <= stale_after_s:
+        degraded.append(f"inference failing: {inference.get('last_error')}")
     mqtt = snapshot.get("mqtt")
     if mqtt is not None and not mqtt.get("connected", False):
-        degraded.append("mqtt disconnected")
+        error = mqtt.get("last_error")
+        degraded.append(f"mqtt disconnected: {error}" if error else "mqtt disconnected")
 
     status: Status = "failing" if failing else "degraded" if degraded else "ok"
     reasons = failing + degraded
@@ -185,6 +193,12 @@ def _families(snap: Snapshot, stale_after_s: float) -> Iterator[Metric]:
             "edged_frames_dropped",
             "Frames overwritten by a newer one before the pipeline took them.",
             "dropped_frames",
+        ),
+        (
+            CounterMetricFamily,
+            "edged_frames_failed",
+            "Frames dropped because inference failed on them.",
+            "frames_failed",
         ),
         (
             CounterMetricFamily,

@@ -188,6 +188,38 @@ def _check_camera_id(camera_id: str) -> str:
     return camera_id
 
 
+class _Client(mqtt.Client):
+    """paho's client, remembering why its last connection attempt failed.
+
+    paho's network loop catches the OSError of a failed connect (a refused TCP connection,
+    a server certificate the configured CA did not sign, a TLS protocol mismatch) and
+    calls ``on_connect_fail`` without it, so the log said only "retrying" and /health
+    "cannot connect". The reason is kept here for that callback to report.
+    """
+
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
+        return rc
+
+
+def connect_error_reason(exc: BaseException | None) -> str | None:
+    """A one-line reason for a failed connection attempt (TLS errors say they are TLS)."""
+    if exc is None:
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or repr(exc)
+
+
 def _password_key(m: MqttSettings) -> object:
     """The password the client would log in with. A password file is compared by what it
     holds, not by its path: rotating the secret in place and reloading must reconnect. An
@@ -384,7 +416,7 @@ class Publisher:
         """
         m = settings.mqtt
         v5 = m.protocol == "5"
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=m.resolved_client_id(settings.device.id),
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -671,6 +703,8 @@ class Publisher:
         Only sent while connected (``False`` otherwise): the answer belongs to a request
         that arrived on this connection.
         """
+        if error is not None:  # an echoed value may hold what UTF-8 cannot encode
+            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
         body = {"ok": ok, "error": error, "ts": _utc_now_iso()}
         return self._publish_if_connected(self._topics.config_result, _json_bytes(body), 1, False)
 
@@ -831,13 +865,17 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         m = self._settings.mqtt
+        reason = connect_error_reason(getattr(client, "last_connect_error", None))
+        error = f"cannot connect to {m.host}:{m.port}" + (f": {reason}" if reason else "")
         with self._cv:
             if client is not self._client:
                 return
-            first = self._last_error != f"cannot connect to {m.host}:{m.port}"
-            self._last_error = f"cannot connect to {m.host}:{m.port}"
-        if first:
-            log.warning("mqtt_connect_failed", host=m.host, port=m.port, note="retrying")
+            first = self._last_error != error
+            self._last_error = error
+        if first:  # paho retries with backoff; say it when the reason changes, not every time
+            log.warning(
+                "mqtt_connect_failed", host=m.host, port=m.port, reason=reason, note="retrying"
+            )
 
     def _on_disconnect(
         self,
