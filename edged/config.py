@@ -603,11 +603,15 @@ def settings_data(settings: Settings) -> dict[str, Any]:
 
 
 def iter_keys(data: Mapping[str, Any], prefix: str = "") -> Sequence[str]:
-    """Dotted paths of every leaf key in a mapping (used to check what a change touches)."""
+    """Dotted paths of every leaf key in a mapping (used to check what a change touches).
+
+    An empty table is a leaf too: merged, ``{"models": {"dir": {}}}`` replaces the value
+    at ``models.dir``, so the remote guard must see that key.
+    """
     keys: list[str] = []
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             keys.extend(iter_keys(value, path + "."))
         else:
             keys.append(path)

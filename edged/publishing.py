@@ -79,6 +79,9 @@ _OWNED_KEY = "retained_topics"
 #: Default number of spooled events handed to paho without a PUBACK yet.
 DEFAULT_MAX_INFLIGHT = 20
 
+#: A config/result that found no connection is sent on a connection made this soon after.
+_RESULT_GRACE_S = 30.0
+
 #: Home Assistant object ids allow only these characters.
 _HA_ID_RE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -326,6 +329,8 @@ class Publisher:
         self._owned_dirty = False
         self._owned_save_failing = False
         self._clear_topics: set[str] = set()  # retained topics to empty when connected
+        # The newest config/result that found no connection, and when (monotonic).
+        self._unsent_result: tuple[bytes, float] | None = None
 
         self._sender: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -700,13 +705,17 @@ class Publisher:
     def publish_config_result(self, ok: bool, error: str | None) -> bool:
         """``<base>/config/result`` ``{ok, error, ts}`` at QoS 1, not retained.
 
-        Only sent while connected (``False`` otherwise): the answer belongs to a request
-        that arrived on this connection.
+        ``False`` while disconnected; the newest such answer is then sent on the next
+        connection if that comes within ``_RESULT_GRACE_S``: a change of the MQTT settings
+        reconnects while it is applied, and its sender must still get the answer.
         """
         if error is not None:  # an echoed value may hold what UTF-8 cannot encode
             error = error.encode("utf-8", "backslashreplace").decode("utf-8")
-        body = {"ok": ok, "error": error, "ts": _utc_now_iso()}
-        return self._publish_if_connected(self._topics.config_result, _json_bytes(body), 1, False)
+        body = _json_bytes({"ok": ok, "error": error, "ts": _utc_now_iso()})
+        with self._state_lock:
+            sent = self._publish_if_connected(self._topics.config_result, body, 1, False)
+            self._unsent_result = None if sent else (body, time.monotonic())
+        return sent
 
     def publish_discovery(self, cameras: list[str]) -> None:
         """Announce one Home Assistant emotion sensor per camera (retained configs).
@@ -1007,6 +1016,9 @@ class Publisher:
         """First thing on a new connection: ``online``, pending clears, discovery, state."""
         self._publish_if_connected(self._topics.status, STATUS_ONLINE, 1, True)
         with self._state_lock:
+            unsent, self._unsent_result = self._unsent_result, None
+            if unsent is not None and time.monotonic() - unsent[1] < _RESULT_GRACE_S:
+                self._publish_if_connected(self._topics.config_result, unsent[0], 1, False)
             self._flush_clears()
             self._send_discovery()
             for camera in list(self._states):

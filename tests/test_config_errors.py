@@ -104,7 +104,7 @@ def test_edged_run_on_a_file_that_is_not_utf8_exits_with_one_line(tmp_path: Path
     import subprocess
 
     path = tmp_path / "edged.toml"
-    path.write_bytes(b"[device]\nid = \"\xff\"\n")
+    path.write_bytes(b'[device]\nid = "\xff"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
     res = subprocess.run(
         [sys.executable, "-m", "edged", "run", "-c", str(path), "--log-format", "json"],
@@ -162,7 +162,10 @@ def test_an_invalid_camera_field_does_not_echo_the_password_in_its_source(
         ("[mqtt]\nreconnect_max_s = inf\n", "mqtt.reconnect_max_s"),
         ("[mqtt]\nreconnect_max_s = 1e300\n", "mqtt.reconnect_max_s"),
         ("[mqtt]\nheartbeat_s = nan\n", "mqtt.heartbeat_s"),
-        ('[[cameras]]\nid = "a"\nsource = "0"\nreconnect_max_s = inf\n', "cameras.0.reconnect_max_s"),
+        (
+            '[[cameras]]\nid = "a"\nsource = "0"\nreconnect_max_s = inf\n',
+            "cameras.0.reconnect_max_s",
+        ),
         ('[[cameras]]\nid = "a"\nsource = "0"\nenabled = "false"\n', "cameras.0.enabled"),
         ("[smoothing]\ntrack_timeout_s = 1e308\n", "smoothing.track_timeout_s"),
         ("[health]\nport = false\n", "health.port"),
