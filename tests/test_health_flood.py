@@ -257,3 +257,28 @@ def test_fuzz_garbage_and_huge_headers_never_stop_health(served: ServedHealth, d
         assert reply.startswith(b"HTTP/1."), reply[:80]
     status, body = health(served.port)
     assert status == 200 and body["status"] == "ok"
+
+
+async def test_failed_accepts_are_logged_once_in_a_while_without_a_traceback() -> None:
+    """What asyncio reports when accept() fails with EMFILE (injected: the loop's own
+    exception-handler call), a hundred times: one log line, no traceback."""
+    from structlog.testing import capture_logs
+
+    server = HealthServer(HealthSettings(port=0), lambda: {}, Metrics())
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        with capture_logs() as logs:
+            for _ in range(100):
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(24, "Too many open files"),
+                    }
+                )
+    finally:
+        await server.stop()
+    failed = [e for e in logs if e["event"] == "health_accept_failed"]
+    assert len(failed) == 1 and "Too many open files" in failed[0]["error"], logs
+    assert all("exc_info" not in e for e in logs)
+    assert loop.get_exception_handler() is None  # stop() put the previous handler back
