@@ -296,8 +296,9 @@ class Camera:
             self._cond.notify_all()
 
     def _error(self, message: str) -> None:
+        # Backend messages (OpenCV, FFmpeg) may quote the URL: /health shows this one.
         with self._cond:
-            self._last_error = message
+            self._last_error = redact_source(message)
 
     def _run(self) -> None:
         attempt = 0
@@ -348,6 +349,7 @@ class Camera:
 
     def _backoff(self, attempt: int, error: str) -> None:
         s = self.settings
+        error = redact_source(error)
         base = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(attempt - 1, 30))
         delay = min(s.reconnect_max_s, base * self._rng.uniform(0.8, 1.2))
         with self._cond:

@@ -155,3 +155,20 @@ def test_fuzz_a_source_the_remote_guard_accepts_is_never_a_pipeline(
     else:
         assert parsed.kind in ("index", "device")
         assert text.isascii() and (text.isdigit() or text.startswith("/dev/video"))
+
+
+def test_a_camera_that_cannot_open_a_url_reports_the_error_without_its_password() -> None:
+    from edged.capture import Camera
+    from edged.config import CameraSettings
+
+    cam = Camera(
+        CameraSettings(id="c", source="rtsp://admin:cam-pw-8@127.0.0.1:1/x", reconnect_min_s=5),
+        timeout_s=2.0,
+    )
+    cam.start()
+    try:
+        assert cam.wait_for_state("reconnecting", timeout=30)
+        error = str(cam.stats()["last_error"])
+        assert "cam-pw-8" not in error and "127.0.0.1" in error, error
+    finally:
+        cam.stop()
