@@ -494,8 +494,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     except RecursionError as exc:
         raise ConfigError(f"{path}: invalid TOML: nested too deeply") from exc
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts
+        why = "an integer of over 4300 digits" if "digits" in str(exc) else str(exc)
+        raise ConfigError(f"{path}: invalid TOML: {why}") from exc
     check_nesting(data, str(path))
     return data
 

@@ -796,12 +796,16 @@ class Daemon:
     async def remote_config(self, payload: bytes) -> None:
         """``config/set``: validate the guard, merge, validate, apply; answer on config/result.
 
-        Ignored (logged, not answered) while ``[mqtt] remote_config`` is off or the daemon
-        is still starting.
+        Ignored (logged, not answered) while ``[mqtt] remote_config`` is off, as the
+        contract says; refused with an answer while the daemon is still starting (the
+        subscription exists once MQTT connects, which can be minutes before READY).
         """
-        if not self.settings.mqtt.remote_config or not self._started:
-            why = "remote_config is off" if self._started else "starting"
-            log.info("config_set_ignored", reason=why)
+        if not self.settings.mqtt.remote_config:
+            log.info("config_set_ignored", reason="remote_config is off")
+            return
+        if not self._started:
+            log.info("config_set_refused", reason="starting")
+            self._answer_config_set(False, "edged is starting; send the change once it is ready")
             return
         try:
             change = self.check_remote_change(payload)

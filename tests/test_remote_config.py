@@ -410,31 +410,54 @@ def test_sighup_refusal_of_a_duplicate_camera_does_not_log_its_password(remote: 
     assert "sighup-pw-3" not in remote.daemon.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-async def test_an_unexpected_error_while_applying_is_still_answered(tmp_path: Path) -> None:
-    """A bug in a reload path must not leave the sender without an answer (failure
-    injected: ``apply`` raises a RuntimeError; the answers are recorded, not sent)."""
+class Answers:
+    """Records the answers a daemon gives instead of sending them (no broker needed)."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[bool, str | None]] = []
+
+    def publish_config_result(self, ok: bool, error: str | None) -> bool:
+        self.given.append((ok, error))
+        return True
+
+
+def _bare_daemon(tmp_path: Path, *, remote_config: bool = True) -> tuple[Any, Answers]:
     from edged.config import build_settings
     from edged.daemon import Daemon
 
     settings = build_settings(
         {
             "device": {"id": DEVICE, "state_dir": str(tmp_path)},
-            "mqtt": {"remote_config": True, "remote_config_token": TOKEN},
+            "mqtt": {"remote_config": remote_config, "remote_config_token": TOKEN},
         }
     )
     daemon = Daemon(settings, None)
-    daemon._started = True
-    answers: list[tuple[bool, str | None]] = []
+    answers = Answers()
+    daemon.publisher = answers  # type: ignore[assignment]
+    return daemon, answers
 
-    class Answers:
-        def publish_config_result(self, ok: bool, error: str | None) -> bool:
-            answers.append((ok, error))
-            return True
+
+async def test_an_unexpected_error_while_applying_is_still_answered(tmp_path: Path) -> None:
+    """A bug in a reload path must not leave the sender without an answer (failure
+    injected: ``apply`` raises a RuntimeError)."""
+    daemon, answers = _bare_daemon(tmp_path)
+    daemon._started = True
 
     async def broken_apply(new: Any, source: str) -> None:
         raise RuntimeError("boom")
 
-    daemon.publisher = Answers()  # type: ignore[assignment]
-    daemon.apply = broken_apply  # type: ignore[method-assign]
+    daemon.apply = broken_apply
     await daemon.remote_config(json.dumps({"token": TOKEN, "smoothing": {"alpha": 0.5}}).encode())
-    assert answers == [(False, "internal error (RuntimeError); nothing changed, see the log")]
+    assert answers.given == [(False, "internal error (RuntimeError); nothing changed, see the log")]
+
+
+async def test_config_set_while_starting_is_refused_with_an_answer_and_ignored_when_off(
+    tmp_path: Path,
+) -> None:
+    daemon, answers = _bare_daemon(tmp_path)
+    await daemon.remote_config(b'{"smoothing": {"alpha": 0.5}}')
+    assert answers.given == [(False, "edged is starting; send the change once it is ready")]
+    daemon, answers = _bare_daemon(tmp_path, remote_config=False)
+    daemon._started = True
+    await daemon.remote_config(b'{"smoothing": {"alpha": 0.5}}')
+    assert answers.given == []  # the contract: ignored unless remote_config = true
