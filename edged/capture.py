@@ -7,7 +7,8 @@ and puts each into a one-slot mailbox. The pipeline takes whatever is newest wit
 overwritten before anyone took it is *dropped* and counted, never queued: queues in front
 of a slower pipeline only add latency, and an emotion of two seconds ago is worth nothing.
 
-Sources, from the ``source`` string of a ``[[cameras]]`` table:
+Sources, from the ``source`` string of a ``[[cameras]]`` table (classified by
+:func:`edged.sources.parse`, the one parser the config and the remote guard use too):
 
 * ``"0"`` — a device index (V4L2 on Linux);
 * ``/dev/video0`` — a device path (V4L2);
@@ -44,23 +45,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from edged import sources
 from edged.config import CameraSettings
-from edged.errors import CaptureError
+from edged.errors import CaptureError, ConfigError
+from edged.sources import SourceKind
+
+#: Kept under its old name: logs, probes and tests redact through capture too.
+redact_source = sources.redact
 
 log = structlog.get_logger(__name__)
 
 CameraState = Literal["starting", "running", "reconnecting", "finished", "stopped"]
-SourceKind = Literal["index", "device", "url", "gstreamer", "file"]
 Image = npt.NDArray[np.uint8]
 
-_URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 #: Used when a file reports no usable frame rate (some containers store 0 or 90000).
 _DEFAULT_FILE_FPS = 25.0
 #: fps_in is the rate over the last this many frames. A window, not an average of single
@@ -96,49 +99,6 @@ class Source:
         return self.kind == "file"
 
 
-#: A URL's scheme and authority, also inside a GStreamer pipeline (``location=rtsp://...``).
-#: The authority ends where RFC 3986 (and FFmpeg's ``av_url_split``) end it, or at a space
-#: or quote, which cannot be part of it in a pipeline string.
-_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s\"']*)")
-#: Query parameters that carry credentials on cheap IP cameras (``video.cgi?user=a&pwd=b``)
-#: and token-authenticated mirrors.
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pwd|pass|token|access_token|api_key|apikey|key"
-    r"|secret|auth|signature|sig)=)(?P<value>[^&;#\s\"']*)",
-    re.IGNORECASE,
-)
-
-
-def redact_source(source: str) -> str:
-    """The source with URL passwords, HTTP user-info tokens and secret query values
-    replaced by ``***``.
-
-    Sources end up in logs, ``/health`` and ``edged config show``. The user info is split
-    from the host at the *last* ``@`` of the authority, as URL parsers and FFmpeg do, so a
-    password containing ``@`` is hidden whole. Host and port are kept verbatim (case, IPv6
-    brackets, even an invalid port): this must never fail on a string it cannot parse,
-    because it runs on the error paths that report such strings.
-    """
-
-    def _authority(match: re.Match[str]) -> str:
-        userinfo, at, hostport = match["authority"].rpartition("@")
-        if not at:
-            return match[0]
-        if ":" not in userinfo:
-            # a user name alone is kept for RTSP & co (``admin@cam``), but over HTTP it is how
-            # tokens are passed (``https://TOKEN@host``), so there it is hidden
-            if match["scheme"].lower() in ("http://", "https://"):
-                return f"{match['scheme']}***@{hostport}"
-            return match[0]
-        user = userinfo.split(":", 1)[0]
-        return f"{match['scheme']}{user}:***@{hostport}"
-
-    if "://" not in source:
-        return source  # a device, index or file path: shown as written
-    source = _URL_AUTHORITY.sub(_authority, source)
-    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***" if m["value"] else m[0], source)
-
-
 @functools.lru_cache(maxsize=1)
 def gstreamer_available() -> bool:
     """Whether this OpenCV build has the GStreamer video I/O backend."""
@@ -147,21 +107,21 @@ def gstreamer_available() -> bool:
 
 
 def parse_source(source: str) -> Source:
-    """Classify a ``source`` string (see the module doc for the rules)."""
-    text = source.strip()
+    """Classify a ``source`` string (:func:`edged.sources.parse`) and pick its OpenCV API.
+
+    Raises :class:`~edged.errors.ConfigError` on a string that is no source at all (empty,
+    control characters); validated settings never hold one.
+    """
+    parsed = sources.parse(source)
     linux = sys.platform.startswith("linux")
-    if text.isdigit():
-        return Source("index", int(text), cv2.CAP_V4L2 if linux else cv2.CAP_ANY)
-    if "!" in text:
-        return Source("gstreamer", text, cv2.CAP_GSTREAMER)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in _URL_SCHEMES:
-        return Source("url", text, cv2.CAP_FFMPEG)
-    if scheme == "file":
-        return Source("file", urlsplit(text).path, cv2.CAP_ANY)
-    if text.startswith("/dev/"):
-        return Source("device", text, cv2.CAP_V4L2 if linux else cv2.CAP_ANY)
-    return Source("file", text, cv2.CAP_ANY)
+    api = {
+        "index": cv2.CAP_V4L2 if linux else cv2.CAP_ANY,
+        "device": cv2.CAP_V4L2 if linux else cv2.CAP_ANY,
+        "url": cv2.CAP_FFMPEG,
+        "gstreamer": cv2.CAP_GSTREAMER,
+        "file": cv2.CAP_ANY,
+    }[parsed.kind]
+    return Source(parsed.kind, parsed.target, api)
 
 
 def open_capture(
@@ -340,8 +300,9 @@ class Camera:
             self._cond.notify_all()
 
     def _error(self, message: str) -> None:
+        # Backend messages (OpenCV, FFmpeg) may quote the URL: /health shows this one.
         with self._cond:
-            self._last_error = message
+            self._last_error = redact_source(message)
 
     def _run(self) -> None:
         attempt = 0
@@ -392,6 +353,7 @@ class Camera:
 
     def _backoff(self, attempt: int, error: str) -> None:
         s = self.settings
+        error = redact_source(error)
         base = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(attempt - 1, 30))
         delay = min(s.reconnect_max_s, base * self._rng.uniform(0.8, 1.2))
         with self._cond:
@@ -507,7 +469,7 @@ def probe(source: str, timeout: float = 10.0, *, width: int = 0, height: int = 0
     """
     try:
         src = parse_source(source)
-    except Exception as exc:  # pragma: no cover - parse_source does not raise today
+    except ConfigError as exc:  # not a source at all (empty, control characters)
         return ProbeResult(redact_source(source), "unknown", False, error=str(exc))
     shown = redact_source(source)
     result: list[ProbeResult] = []

@@ -18,20 +18,26 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edged import sources
 from edged.errors import ConfigError
+from edged.sources import redact, redact_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,14 +57,81 @@ Provider = Literal["tensorrt", "cuda", "cpu"]
 Phase = Literal["sota_phase3", "sota_phase2", "sota_phase1", "current", "lite"]
 
 
+#: A config file larger than this is not a config file (``/dev/zero``, a video by mistake).
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Tables and arrays nested deeper than this are refused before validation: no key of the
+#: config is deeper than 3, and deeper input only costs stack (RecursionError) and time.
+MAX_NESTING = 32
+
+
 def _default_providers() -> list[Provider]:
     return ["tensorrt", "cuda", "cpu"]
 
 
+class _EnvText(str):
+    """A value that came from an ``EDGED_*`` environment variable.
+
+    Environment variables are text by nature, so ``EDGED_MQTT__PORT=1884`` must still set
+    an integer; in a file or a remote change a number must be a number, and a boolean a
+    boolean (``port = true`` or ``remote_config = "yes"`` are refused). The mark lets the
+    strict fields below convert text from the environment and nothing else.
+    """
+
+
+def _mark_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _EnvText(value)
+    if isinstance(value, dict):
+        return {k: _mark_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_env(v) for v in value]
+    return value
+
+
+def _from_env(convert: Any) -> Any:
+    """A before-validator: environment text converted with ``convert``, the rest as is."""
+
+    def validator(value: Any) -> Any:
+        if not isinstance(value, _EnvText):
+            return value
+        try:
+            return convert(value.strip())
+        except (ValueError, ValidationError):
+            return str(value)  # the strict check then reports the type error
+
+    return validator
+
+
+_LAX_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+
+#: Strict scalars: no bool as int, no text as number, no "yes" as True, no inf/nan/1e300
+#: (every float field also has an upper bound), except text from the environment.
+StrictInt = Annotated[int, BeforeValidator(_from_env(int)), Field(strict=True)]
+FiniteFloat = Annotated[
+    float, BeforeValidator(_from_env(float)), Field(strict=True, allow_inf_nan=False)
+]
+StrictBool = Annotated[
+    bool, BeforeValidator(_from_env(_LAX_BOOL.validate_python)), Field(strict=True)
+]
+
+
 class _Section(BaseModel):
-    """Base of every section: unknown keys are errors, assignment is validated."""
+    """Base of every section: unknown keys are errors, assignment is validated, and no
+    string or path holds a NUL byte (no file name, topic or client id can carry one: the
+    OS refuses such paths with a ValueError far from the config, and a broker drops such a
+    client id on every connect)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, (str, Path)) and "\0" in str(text):
+            raise ValueError("must not contain a NUL byte")
+        if isinstance(value, _EnvText):
+            return str(value)
+        return value
 
 
 def _check_id(value: str, what: str) -> str:
@@ -92,29 +165,29 @@ class MqttSettings(_Section):
     """Broker connection, topics, and the guarded remote-configuration channel."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    port: StrictInt = Field(default=1883, ge=1, le=65535)
     username: str = ""
     password: SecretStr = SecretStr("")
     password_file: Path | None = None
     client_id: str = ""
     topic_prefix: str = "edged"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
-    keepalive_s: int = Field(default=60, ge=5, le=65535)
+    keepalive_s: StrictInt = Field(default=60, ge=5, le=65535)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    tls_insecure: bool = False
-    heartbeat_s: float = Field(default=30.0, ge=1)
-    homeassistant: bool = True
+    tls_insecure: StrictBool = False
+    heartbeat_s: FiniteFloat = Field(default=30.0, ge=1, le=86400)
+    homeassistant: StrictBool = True
     homeassistant_prefix: str = "homeassistant"
-    remote_config: bool = False
+    remote_config: StrictBool = False
     remote_config_token: SecretStr = SecretStr("")
     #: A remote ``config/set`` may point cameras at files only under this directory.
     remote_media_dir: Path | None = None
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
-    spool_max_events: int = Field(default=100_000, ge=1)
-    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    reconnect_min_s: FiniteFloat = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_s: FiniteFloat = Field(default=60.0, gt=0, le=3600)
+    spool_max_events: StrictInt = Field(default=100_000, ge=1, le=1_000_000_000)
+    spool_max_bytes: StrictInt = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
 
     @field_validator(
         "password_file", "tls_ca", "tls_cert", "tls_key", "remote_media_dir", mode="before"
@@ -151,7 +224,7 @@ class MqttSettings(_Section):
         if self.password_file is not None:
             try:
                 return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
+            except (OSError, IndexError, ValueError) as exc:  # ValueError: not UTF-8
                 raise ConfigError(
                     f"mqtt.password_file: cannot read a password from {self.password_file}: {exc}"
                 ) from exc
@@ -164,11 +237,19 @@ class MqttSettings(_Section):
 class HealthSettings(_Section):
     """The HTTP health and metrics endpoint."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     host: str = "127.0.0.1"
-    port: int = Field(default=5003, ge=0, le=65535)
+    port: StrictInt = Field(default=5003, ge=0, le=65535)
     #: A camera whose newest frame is older than this counts as not producing frames.
-    stale_after_s: float = Field(default=10.0, gt=0)
+    stale_after_s: FiniteFloat = Field(default=10.0, gt=0, le=86400)
+    #: Open connections at most; a new one beyond closes the one silent the longest, so a
+    #: flood of idle connections can neither exhaust file descriptors nor lock out /health.
+    max_connections: StrictInt = Field(default=64, ge=1, le=4096)
+    #: A connection that sends nothing for this long is closed.
+    idle_timeout_s: FiniteFloat = Field(default=10.0, gt=0, le=3600)
+    #: A connection is closed this long after it was opened, whatever it does (bounds a
+    #: request dribbled in byte by byte).
+    request_timeout_s: FiniteFloat = Field(default=30.0, gt=0, le=3600)
 
 
 class PipelineSettings(_Section):
@@ -178,27 +259,27 @@ class PipelineSettings(_Section):
     detector: str = ""
     classifier: str = ""
     providers: list[Provider] = Field(default_factory=_default_providers)
-    tensorrt_fp16: bool = True
-    intra_op_threads: int = Field(default=0, ge=0, le=256)
-    det_size: int = Field(default=640, ge=128, le=2048)
+    tensorrt_fp16: StrictBool = True
+    intra_op_threads: StrictInt = Field(default=0, ge=0, le=256)
+    det_size: StrictInt = Field(default=640, ge=128, le=2048)
     #: A frame smaller than det_size is enlarged at most this much (1 = never): enlarged
     #: close-up faces outgrow the detectors' anchors and are missed.
-    det_max_upscale: float = Field(default=1.0, ge=1.0, le=8.0)
+    det_max_upscale: FiniteFloat = Field(default=1.0, ge=1.0, le=8.0)
     #: 0 = the detector's own calibrated default (SCRFD 0.5, YuNet 0.6: YuNet scores run
     #: higher on non-faces, so one shared number would favour one family).
-    det_threshold: float = Field(default=0.0, ge=0, lt=1)
-    nms_threshold: float = Field(default=0.4, gt=0, le=1)
-    min_face_px: int = Field(default=20, ge=0)
-    max_faces: int = Field(default=32, ge=1, le=1024)
+    det_threshold: FiniteFloat = Field(default=0.0, ge=0, lt=1)
+    nms_threshold: FiniteFloat = Field(default=0.4, gt=0, le=1)
+    min_face_px: StrictInt = Field(default=20, ge=0, le=16384)
+    max_faces: StrictInt = Field(default=32, ge=1, le=1024)
     #: ``auto`` follows the phase (alignment for sota_phase2/3, box crop for phase1 and
     #: current, the model's own crop for lite). The framing (context, centre, border) is
     #: always the classifier's own, from the catalogue: see models/README.md.
     crop: Literal["auto", "model", "box", "align"] = "auto"
     #: 0: the model's own framing. Otherwise the model's crop window grows by 1 + 2 x margin
     #: (negative shrinks it); for experiments, models are right framed their own way.
-    crop_margin: float = Field(default=0.0, ge=-0.3, le=2)
+    crop_margin: FiniteFloat = Field(default=0.0, ge=-0.3, le=2)
     #: Faces classified in one batched call at most (larger sets are split).
-    max_batch: int = Field(default=64, ge=1, le=1024)
+    max_batch: StrictInt = Field(default=64, ge=1, le=1024)
 
     @field_validator("providers")
     @classmethod
@@ -226,14 +307,14 @@ class PipelineSettings(_Section):
 class SmoothingSettings(_Section):
     """Per-track temporal smoothing and the hysteresis that keeps events honest."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     method: Literal["ema", "window"] = "ema"
-    alpha: float = Field(default=0.3, gt=0, le=1)
-    window: int = Field(default=5, ge=1, le=300)
-    min_dwell_s: float = Field(default=1.0, ge=0)
-    min_confidence: float = Field(default=0.4, ge=0, le=1)
-    track_timeout_s: float = Field(default=2.0, gt=0)
-    iou_threshold: float = Field(default=0.3, gt=0, lt=1)
+    alpha: FiniteFloat = Field(default=0.3, gt=0, le=1)
+    window: StrictInt = Field(default=5, ge=1, le=300)
+    min_dwell_s: FiniteFloat = Field(default=1.0, ge=0, le=3600)
+    min_confidence: FiniteFloat = Field(default=0.4, ge=0, le=1)
+    track_timeout_s: FiniteFloat = Field(default=2.0, gt=0, le=3600)
+    iou_threshold: FiniteFloat = Field(default=0.3, gt=0, lt=1)
 
 
 class ModelsSettings(_Section):
@@ -252,17 +333,17 @@ class PrivacySettings(_Section):
     """
 
     #: False: no ``bbox`` in events or retained attributes (where a person stood).
-    publish_boxes: bool = True
+    publish_boxes: StrictBool = True
     #: False: events carry the emotion label and its confidence, not the whole distribution.
-    publish_scores: bool = True
+    publish_scores: StrictBool = True
     #: ``aggregate``: per camera, every ``aggregate_interval_s``, only how many faces there
     #: were and the distribution of their emotions; no per-person event, state or track id.
     mode: Literal["tracks", "aggregate"] = "tracks"
-    aggregate_interval_s: float = Field(default=60.0, ge=1, le=86_400)
+    aggregate_interval_s: FiniteFloat = Field(default=60.0, ge=1, le=86_400)
     #: Aggregate reports only from frames with at least this many faces (0: no minimum).
-    min_faces: int = Field(default=0, ge=0, le=1024)
+    min_faces: StrictInt = Field(default=0, ge=0, le=1024)
     #: Spooled messages older than this are dropped and counted (0: no age limit).
-    spool_max_age_s: float = Field(default=0.0, ge=0)
+    spool_max_age_s: FiniteFloat = Field(default=0.0, ge=0, le=31_536_000)
 
 
 class CameraSettings(_Section):
@@ -270,15 +351,15 @@ class CameraSettings(_Section):
 
     id: str
     source: str
-    fps: float = Field(default=5.0, gt=0, le=240)
-    loop: bool = False
+    fps: FiniteFloat = Field(default=5.0, gt=0, le=240)
+    loop: StrictBool = False
     #: For files: pace at the file's native rate (True) or read as fast as processed (False).
-    realtime: bool = True
-    enabled: bool = True
-    width: int = Field(default=0, ge=0)
-    height: int = Field(default=0, ge=0)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    realtime: StrictBool = True
+    enabled: StrictBool = True
+    width: StrictInt = Field(default=0, ge=0, le=16384)
+    height: StrictInt = Field(default=0, ge=0, le=16384)
+    reconnect_min_s: FiniteFloat = Field(default=1.0, gt=0, le=3600)
+    reconnect_max_s: FiniteFloat = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("id")
     @classmethod
@@ -294,10 +375,27 @@ class CameraSettings(_Section):
 
     @field_validator("source")
     @classmethod
-    def _source_nonempty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("source must not be empty")
+    def _source_parses(cls, value: str) -> str:
+        try:
+            sources.parse(value)  # the parser capture uses: what passes here, capture opens
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return value
+
+
+class _MarkedEnvSource(PydanticBaseSettingsSource):
+    """pydantic-settings' environment source, its values marked as :class:`_EnvText`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, Any] = _mark_env(self._inner())
+        return data
 
 
 class Settings(BaseSettings):
@@ -329,7 +427,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: it overrides the file, which arrives as init kwargs.
-        return (env_settings, init_settings)
+        return (_MarkedEnvSource(settings_cls, env_settings), init_settings)
 
     # A field validator (not a model validator) so the error is reported at key `cameras`.
     @field_validator("cameras")
@@ -352,16 +450,13 @@ class Settings(BaseSettings):
         token in the model mirror), so camera sources and the mirror go through the same
         redaction as the capture logs.
         """
-        # capture imports this module (CameraSettings), hence the import here.
-        from edged.capture import redact_source
-
         data = self.model_dump(mode="json")
         mqtt = data["mqtt"]
         for key in ("password", "remote_config_token"):
             mqtt[key] = "***" if mqtt.get(key) else ""
-        data["models"]["mirror"] = redact_source(data["models"]["mirror"])
+        data["models"]["mirror"] = redact(data["models"]["mirror"])
         for camera in data["cameras"]:
-            camera["source"] = redact_source(camera["source"])
+            camera["source"] = redact(camera["source"])
         return data
 
 
@@ -382,16 +477,58 @@ def find_config_file(explicit: Path | None, environ: Mapping[str, str]) -> Path 
     return None
 
 
+def check_nesting(data: Any, source: str, limit: int = MAX_NESTING) -> None:
+    """Refuse tables/arrays nested deeper than ``limit`` (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple)):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            raise ConfigError(f"{source}: nested deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, turning syntax and I/O errors into a ConfigError naming the file."""
+    """Parse a TOML file; every way that fails is one ConfigError line naming the file.
+
+    Not only syntax: a file that is not UTF-8, too large, nested thousands deep
+    (RecursionError in the parser) or holding an integer of thousands of digits
+    (ValueError) are reported the same way, never as a traceback.
+    """
     try:
         with path.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise ConfigError(f"{path!r}: cannot read: {exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: cannot read: larger than {MAX_CONFIG_BYTES // 1024} KiB, not a config file"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: cannot read: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start})"
+        ) from exc
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more digits than Python converts
+        why = "an integer of over 4300 digits" if "digits" in str(exc) else str(exc)
+        raise ConfigError(f"{path}: invalid TOML: {why}") from exc
+    check_nesting(data, str(path))
+    return data
 
 
 def _env_name(loc: tuple[Any, ...]) -> str | None:
@@ -418,14 +555,28 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         got = err.get("input")
         shown = (
             ""
-            if err["type"] in ("extra_forbidden", "missing") or isinstance(got, Mapping)
-            else f" (got {got!r})"
+            if err["type"] in ("extra_forbidden", "missing") or _holds_tables(got)
+            else f" (got {_shown_input(got)})"
         )
         if "password" in loc or "token" in loc:
             shown = ""
         origin = f"environment {env}" if env else source
-        lines.append(f"{origin}: {loc}: {msg}{shown}")
+        # A message can quote a source (a camera URL with its password) too.
+        lines.append(redact(f"{origin}: {loc}: {msg}{shown}"))
     return "\n".join(lines)
+
+
+def _holds_tables(value: Any) -> bool:
+    """A table, or a list of them (``cameras``): too long to echo, and full of sources."""
+    if isinstance(value, Mapping):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value)
+
+
+def _shown_input(value: Any, limit: int = 120) -> str:
+    """The offending value as the error shows it: secrets in URLs hidden, length bounded."""
+    text = repr(redact_value(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_settings(data: Mapping[str, Any], source: str = "<config>") -> Settings:
@@ -435,10 +586,13 @@ def build_settings(data: Mapping[str, Any], source: str = "<config>") -> Setting
     unknown = [str(k) for k in data if k not in Settings.model_fields]
     if unknown:
         raise ConfigError("\n".join(f"{source}: {k}: unknown key" for k in unknown))
+    check_nesting(data, source)
     try:
         return Settings(**dict(data))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from exc
+    except ValueError as exc:  # pydantic-settings: an EDGED_* variable that is not JSON
+        raise ConfigError(redact(f"{source}: {exc}")) from exc
 
 
 def load_settings(
@@ -480,11 +634,15 @@ def settings_data(settings: Settings) -> dict[str, Any]:
 
 
 def iter_keys(data: Mapping[str, Any], prefix: str = "") -> Sequence[str]:
-    """Dotted paths of every leaf key in a mapping (used to check what a change touches)."""
+    """Dotted paths of every leaf key in a mapping (used to check what a change touches).
+
+    An empty table is a leaf too: merged, ``{"models": {"dir": {}}}`` replaces the value
+    at ``models.dir``, so the remote guard must see that key.
+    """
     keys: list[str] = []
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             keys.extend(iter_keys(value, path + "."))
         else:
             keys.append(path)

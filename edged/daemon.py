@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import json
 import queue
-import re
 import signal
 import threading
 import time
@@ -37,9 +36,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from edged import __version__
-from edged.capture import Camera, Frame, parse_source, redact_source
+from edged import __version__, sources
+from edged.capture import Camera, Frame
 from edged.config import (
+    MAX_NESTING,
     CameraSettings,
     Settings,
     SmoothingSettings,
@@ -103,15 +103,102 @@ MODEL_KEYS: tuple[str, ...] = (
     "crop",
 )
 
+#: A ``config/set`` payload larger than this is refused unread (a full config is ~5 KB).
+MAX_CONFIG_SET_BYTES = 64 * 1024
+
 SHUTDOWN_TIMEOUT_S = 10.0
 #: The loop wakes at least this often without frames (to expire tracks of dead cameras).
 IDLE_TICK_S = 0.25
-_VIDEO_DEVICE = re.compile(r"/dev/video\d+")
 
 
 def run_daemon(settings: Settings, config_path: Path | None) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
     return asyncio.run(Daemon(settings, config_path).run())
+
+
+def remote_key_matches(key: str, allowed: str) -> bool:
+    """``pipeline.`` admits every key of the section; ``mqtt.heartbeat_s`` only itself.
+
+    A plain prefix match let ``{"health": {"stale_after_s": {"x": 1}}}`` through as
+    ``health.stale_after_s.x`` (the validation refused it, but the guard must not rely
+    on that).
+    """
+    return key.startswith(allowed) if allowed.endswith(".") else key == allowed
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _json_nesting(text: str, limit: int) -> None:
+    """Refuse JSON nested deeper than ``limit``, before the (recursive) parser sees it."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                raise ConfigError(f"config/set payload is nested deeper than {limit} levels")
+        elif ch in "]}":
+            depth -= 1
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_config_set(
+    payload: bytes, max_bytes: int = MAX_CONFIG_SET_BYTES, max_depth: int = MAX_NESTING
+) -> dict[str, Any]:
+    """The one reader of ``config/set`` payloads: a JSON object, or a ConfigError why not.
+
+    Bounded before parsing (size, then nesting: Python's parser recurses and a payload
+    nested thousands deep raised RecursionError on the loop), strict while parsing (no
+    NaN/Infinity, no integer of thousands of digits), and after it (no string with a lone
+    surrogate escape, which no answer or log line could encode).
+    """
+    if len(payload) > max_bytes:
+        raise ConfigError(f"config/set payload is {len(payload)} bytes; at most {max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config/set payload is not UTF-8 (offset {exc.start})") from exc
+    _json_nesting(text, max_depth)
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError as exc:  # not reachable below the nesting limit; kept as a guard
+        raise ConfigError("config/set payload is nested too deeply") from exc
+    except ValueError as exc:
+        raise ConfigError(f"config/set payload is not JSON: {exc}") from exc
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts: list[Any] = [item]
+        if isinstance(item, dict):
+            texts = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        for t in texts:
+            if isinstance(t, str):
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ConfigError(
+                        "config/set payload holds a lone surrogate escape (\\ud800-\\udfff)"
+                    ) from exc
+    if not isinstance(value, dict):
+        raise ConfigError("config/set payload must be a JSON object")
+    return value
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
@@ -193,6 +280,8 @@ class CameraSlot:
     fps_processed: float = 0.0
     last_processed: float = 0.0
     faces: int = 0
+    #: Frames dropped because inference raised (a model failing at run time).
+    frames_failed: int = 0
     last_state_key: str = ""
     last_state_at: float = 0.0
     #: Aggregate mode only (``[privacy] mode``): the open interval's counts.
@@ -203,6 +292,10 @@ class CameraSlot:
 class _Runtime:
     started: float = field(default_factory=time.monotonic)
     busy_since: float | None = None
+    inference_failures: int = 0
+    last_inference_error: str | None = None
+    last_inference_error_at: float | None = None
+    last_inference_log: float = 0.0
 
 
 #: The heartbeat's per-camera fields (the contract's list).
@@ -308,7 +401,14 @@ class Daemon:
     def _spawn_reload(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[None]) -> None:
+        """Reloads catch their own errors; should one escape, it is logged, not lost."""
+        self._reloads.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("config_reload_task_failed", error=sources.redact(repr(exc)), exc_info=exc)
 
     def _reload_signal(self) -> None:
         self._spawn_reload(self.reload_from_file())
@@ -406,7 +506,7 @@ class Daemon:
         camera = Camera(cam, on_frame=wake)
         camera.start()
         self.cameras[cam.id] = CameraSlot(cam, camera, self._new_tracker(cam.id))
-        log.info("camera_added", camera=cam.id, source=redact_source(cam.source), fps=cam.fps)
+        log.info("camera_added", camera=cam.id, source=sources.redact(cam.source), fps=cam.fps)
 
     async def _stop_cameras(self, ids: list[str]) -> None:
         """Stop cameras in parallel against one deadline, not one timeout after another."""
@@ -443,7 +543,7 @@ class Daemon:
             try:
                 results = await self._infer.run(pipeline.process, [f.image for _, _, f in batch])
             except EdgedError as exc:  # a model failing at run time must not kill the loop
-                log.error("inference_failed", error=str(exc), cameras=[c for c, _, _ in batch])
+                self._inference_failed(str(exc), batch)
                 await asyncio.sleep(0.5)
                 continue
             finally:
@@ -455,6 +555,29 @@ class Daemon:
                 await self._after_frame(cam_id, slot, frame, result)
             await self._expire_idle_tracks()
             await self._publish_aggregates()
+
+    def _inference_failed(self, error: str, batch: list[tuple[str, CameraSlot, Frame]]) -> None:
+        """The batch's frames are dropped and counted; /health reports the error for a while.
+
+        Logged when the error changes and otherwise at most every 10 s (with the count), so a
+        model failing on every frame does not flood the journal.
+        """
+        now = time.monotonic()
+        rt = self.rt
+        for _, slot, _ in batch:
+            slot.frames_failed += 1
+        rt.inference_failures += len(batch)
+        repeated = error == rt.last_inference_error and now - rt.last_inference_log < 10.0
+        rt.last_inference_error = error
+        rt.last_inference_error_at = now
+        if not repeated:
+            rt.last_inference_log = now
+            log.error(
+                "inference_failed",
+                error=error,
+                cameras=[c for c, _, _ in batch],
+                frames_failed=rt.inference_failures,
+            )
 
     def _idle_timeout(self, now: float) -> float:
         """Until the next camera is due under its fps cap, at most IDLE_TICK_S."""
@@ -642,6 +765,7 @@ class Daemon:
                 "faces": slot.faces,
                 "frames_in": st.get("frames_in", 0),
                 "frames_processed": slot.frames_processed,
+                "frames_failed": slot.frames_failed,
                 "dropped_frames": st.get("dropped_frames", 0),
                 "last_frame_age_s": round(age, 3) if isinstance(age, float) else age,
                 "reconnects": st.get("reconnects", 0),
@@ -692,6 +816,15 @@ class Daemon:
             "mqtt": mqtt,
             "spool": self._spool(mqtt),
             "inference_busy_s": self.inference_busy_s(),
+            "inference": self._inference_health(),
+        }
+
+    def _inference_health(self) -> dict[str, Any]:
+        at = self.rt.last_inference_error_at
+        return {
+            "failures": self.rt.inference_failures,
+            "last_error": self.rt.last_inference_error,
+            "last_error_age_s": None if at is None else round(time.monotonic() - at, 3),
         }
 
     # ------------------------------------------------------------------ reload
@@ -703,7 +836,9 @@ class Daemon:
             new, _ = await in_thread(load_settings, self.config_path)
             await self.apply(new, source="sighup")
         except EdgedError as exc:
-            log.error("config_reload_rejected", source="sighup", reason=str(exc))
+            log.error("config_reload_rejected", source="sighup", reason=sources.redact(str(exc)))
+        except Exception as exc:  # a bug; the running config stays, the daemon too
+            log.exception("config_reload_failed", source="sighup", error=sources.redact(repr(exc)))
         finally:
             self.notifier.ready(status=self._status_line())
 
@@ -716,12 +851,16 @@ class Daemon:
     async def remote_config(self, payload: bytes) -> None:
         """``config/set``: validate the guard, merge, validate, apply; answer on config/result.
 
-        Ignored (logged, not answered) while ``[mqtt] remote_config`` is off or the daemon
-        is still starting.
+        Ignored (logged, not answered) while ``[mqtt] remote_config`` is off, as the
+        contract says; refused with an answer while the daemon is still starting (the
+        subscription exists once MQTT connects, which can be minutes before READY).
         """
-        if not self.settings.mqtt.remote_config or not self._started:
-            why = "remote_config is off" if self._started else "starting"
-            log.info("config_set_ignored", reason=why)
+        if not self.settings.mqtt.remote_config:
+            log.info("config_set_ignored", reason="remote_config is off")
+            return
+        if not self._started:
+            log.info("config_set_refused", reason="starting")
+            self._answer_config_set(False, "edged is starting; send the change once it is ready")
             return
         try:
             change = self.check_remote_change(payload)
@@ -730,30 +869,42 @@ class Daemon:
             check_remote_privacy(self.settings.privacy, new.privacy)
             await self.apply(new, source="mqtt")
         except EdgedError as exc:
-            log.warning("config_reload_rejected", source="mqtt", reason=str(exc))
-            if self.publisher is not None:
-                self.publisher.publish_config_result(False, str(exc))
+            reason = sources.redact(str(exc))
+            log.warning("config_reload_rejected", source="mqtt", reason=reason)
+            self._answer_config_set(False, reason)
             return
-        if self.publisher is not None:
-            self.publisher.publish_config_result(True, None)
+        except Exception as exc:  # a bug: the sender still gets an answer, the log the trace
+            log.exception("config_reload_failed", source="mqtt", error=sources.redact(repr(exc)))
+            self._answer_config_set(
+                False, f"internal error ({type(exc).__name__}); nothing changed, see the log"
+            )
+            return
+        self._answer_config_set(True, None)
+
+    def _answer_config_set(self, ok: bool, error: str | None) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish_config_result(ok, error)
+        except Exception as exc:  # the answer is best effort; the reload must not die on it
+            log.exception("config_result_failed", error=repr(exc))
 
     def check_remote_change(self, payload: bytes) -> dict[str, Any]:
         """The guard of the contract: enabled, token, and only the allowed keys."""
         mqtt = self.settings.mqtt
         if not mqtt.remote_config:
             raise ConfigError("remote configuration is disabled ([mqtt] remote_config = false)")
-        try:
-            change = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config/set payload is not JSON: {exc}") from exc
-        if not isinstance(change, dict):
-            raise ConfigError("config/set payload must be a JSON object")
+        change = load_config_set(payload)
         token = mqtt.remote_config_token.get_secret_value()
         given = change.pop("token", None)
-        if token and not (isinstance(given, str) and hmac.compare_digest(given, token)):
+        # Compared as UTF-8 bytes: compare_digest refuses non-ASCII str, and a configured
+        # token from the environment may even hold surrogate escapes.
+        if token and not (
+            isinstance(given, str) and hmac.compare_digest(_utf8(given), _utf8(token))
+        ):
             raise ConfigError("config/set refused: missing or wrong token")
         for key in iter_keys(change):
-            allowed = any(key == a or key.startswith(a) for a in REMOTE_ALLOWED)
+            allowed = any(remote_key_matches(key, a) for a in REMOTE_ALLOWED)
             if not allowed or any(key.startswith(d) for d in REMOTE_DENIED):
                 raise ConfigError(f"config/set may not change {key}")
         cameras = change.get("cameras")
@@ -763,28 +914,12 @@ class Daemon:
             # A source the running config already reads is not a new way in.
             current = {c.source for c in self.settings.cameras}
             for cam in cameras:
-                if isinstance(cam, Mapping) and str(cam.get("source", "")) not in current:
-                    self._check_remote_source(str(cam.get("source", "")))
+                source = cam.get("source") if isinstance(cam, Mapping) else None
+                if isinstance(source, bool) or not isinstance(source, (str, int)):
+                    continue  # not a source at all: the validation refuses it
+                if str(source) not in current:
+                    sources.check_remote(str(source), self.settings.mqtt.remote_media_dir)
         return change
-
-    def _check_remote_source(self, source: str) -> None:
-        """Remote cameras may be URLs, devices, or files under the allowed media directory."""
-        src = source.strip()
-        if src.isdigit() or _VIDEO_DEVICE.fullmatch(src):
-            return
-        if src.split("://", 1)[0].lower() in ("rtsp", "rtsps", "http", "https"):
-            return
-        if "!" in src:
-            raise ConfigError("config/set may not set a GStreamer pipeline as a camera source")
-        allowed = self.settings.mqtt.remote_media_dir
-        if allowed is not None:
-            path = Path(src).resolve()
-            if path.is_relative_to(allowed.resolve()):
-                return
-        raise ConfigError(
-            f"config/set may not read the file {src!r}: file sources must be under "
-            "[mqtt] remote_media_dir"
-        )
 
     async def apply(self, new: Settings, source: str) -> None:
         """Apply validated settings without a restart, or raise and change nothing.
@@ -799,7 +934,7 @@ class Daemon:
                 if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
                     raise ConfigError(f"{key} cannot change while running; restart edged")
             for cam in new.enabled_cameras():
-                parse_source(cam.source)  # raises a clear error before anything changes
+                sources.parse(cam.source)  # raises a clear error before anything changes
             pipeline = self.pipeline
             rebuild = (
                 pipeline is None

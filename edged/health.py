@@ -23,8 +23,11 @@ missing one reads as empty/zero::
 
 Health is derived from it by :func:`evaluate_health`: ``failing`` (HTTP 503) when no model is
 loaded, or cameras are configured and none produces frames; ``degraded`` when some camera
-does not produce frames or MQTT is disconnected; ``ok`` otherwise. A camera *produces frames*
-when its state is ``running`` and its newest frame is younger than ``stale_after_s``.
+does not produce frames, inference failed within the last ``stale_after_s`` (snapshot key
+``inference``: failures, last_error, last_error_age_s), or MQTT is disconnected (with the
+publisher's ``last_error``: a TLS or protocol failure says which); ``ok`` otherwise. A
+camera *produces frames* when its state is ``running`` and its newest frame is younger than
+``stale_after_s``.
 
 Metrics live in a private :class:`prometheus_client.CollectorRegistry` (never the global
 one, so two daemons in one test process do not collide). Counts that another component
@@ -37,8 +40,10 @@ drift from the heartbeat's. Only the inference latency histogram is fed directly
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -133,9 +138,14 @@ def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
         failing.append("no camera producing frames: " + "; ".join(down))
     else:
         degraded.extend(down)
+    inference = snapshot.get("inference") or {}
+    error_age = inference.get("last_error_age_s")
+    if isinstance(error_age, (int, float)) and error_age <= stale_after_s:
+        degraded.append(f"inference failing: {inference.get('last_error')}")
     mqtt = snapshot.get("mqtt")
     if mqtt is not None and not mqtt.get("connected", False):
-        degraded.append("mqtt disconnected")
+        error = mqtt.get("last_error")
+        degraded.append(f"mqtt disconnected: {error}" if error else "mqtt disconnected")
 
     status: Status = "failing" if failing else "degraded" if degraded else "ok"
     reasons = failing + degraded
@@ -185,6 +195,12 @@ def _families(snap: Snapshot, stale_after_s: float) -> Iterator[Metric]:
             "edged_frames_dropped",
             "Frames overwritten by a newer one before the pipeline took them.",
             "dropped_frames",
+        ),
+        (
+            CounterMetricFamily,
+            "edged_frames_failed",
+            "Frames dropped because inference failed on them.",
+            "frames_failed",
         ),
         (
             CounterMetricFamily,
@@ -284,11 +300,182 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+#: Connections the kernel queues for accept(); beyond it, clients wait in SYN retries. It
+#: is also how many asyncio accepts in one go, so it bounds the descriptors a burst takes.
+_BACKLOG = 32
+#: Requests carry no body and a few headers: anything beyond is refused with 400.
+_MAX_HEADERS = 32
+_MAX_LINE = 4096
+#: Rate limit of the log lines about refused and failed connections.
+_LOG_EVERY_S = 30.0
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, seen by the guard (open time, last data)."""
+
+    def __init__(self, guard: _ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self.transport: asyncio.BaseTransport | None = None
+        self.opened = self.last_data = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._guard.opened(self)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.closed(self)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def abort(self) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.abort()  # RST now: a silent client gets no lingering close
+        elif self.transport is not None:
+            self.transport.close()
+
+
+class _ConnectionGuard:
+    """Bounds the health server's connections in number and in time.
+
+    aiohttp waits for a first request forever and keeps a silent keep-alive connection for
+    an hour, so ~1,000 connections that never finish a request took every file descriptor
+    of the process: /health stopped answering, cameras could not reopen their files, and
+    every failed accept() logged a traceback. Here at most ``max_connections`` are open; a
+    new one beyond closes the connection that has been silent the longest (an idle flood
+    ages out, while a client that just sent its request is served), and a sweep closes
+    connections silent for ``idle_timeout_s`` or open for ``request_timeout_s``.
+    """
+
+    def __init__(self, settings: Callable[[], HealthSettings], factory: Callable[[], Any]) -> None:
+        self._settings = settings
+        self._factory = factory
+        self._open: dict[_Guarded, None] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.evicted = 0
+        self.timed_out = 0
+        self._logged_at = -_LOG_EVERY_S
+        self._logged_counts = (0, 0)
+
+    def protocol(self) -> asyncio.Protocol:
+        return _Guarded(self, self._factory())
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def opened(self, conn: _Guarded) -> None:
+        limit = self._settings().max_connections
+        while len(self._open) >= limit:
+            oldest = min(self._open, key=lambda c: c.last_data)
+            self._drop(oldest)
+            self.evicted += 1
+        self._open[conn] = None
+        self._log_pressure()
+
+    def closed(self, conn: _Guarded) -> None:
+        self._open.pop(conn, None)
+
+    def _drop(self, conn: _Guarded) -> None:
+        self._open.pop(conn, None)
+        conn.abort()
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._open):
+            self._drop(conn)
+
+    def _sweep(self) -> None:
+        s = self._settings()
+        now = time.monotonic()
+        for conn in list(self._open):
+            if now - conn.last_data > s.idle_timeout_s or now - conn.opened > s.request_timeout_s:
+                self._drop(conn)
+                self.timed_out += 1
+        self._log_pressure()
+        self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _log_pressure(self) -> None:
+        counts = (self.evicted, self.timed_out)
+        now = time.monotonic()
+        if counts == self._logged_counts or now - self._logged_at < _LOG_EVERY_S:
+            return
+        log.warning(
+            "health_connections_closed",
+            evicted=self.evicted - self._logged_counts[0],
+            timed_out=self.timed_out - self._logged_counts[1],
+            open=len(self._open),
+            note="more clients than [health] max_connections, or silent connections",
+        )
+        self._logged_at, self._logged_counts = now, counts
+
+
+class _AcceptErrorLog:
+    """The loop's exception handler, with failed accept()s logged once in a while.
+
+    When the process runs out of descriptors asyncio logs every failed accept() with a
+    traceback and retries a second later: tens of MB of log under a flood. Each is
+    counted here and logged at most every ``_LOG_EVERY_S`` seconds as one line; every
+    other loop error goes to the handler that was set before.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._previous = loop.get_exception_handler()
+        self._logged_at = -_LOG_EVERY_S
+        self._suppressed = 0
+        loop.set_exception_handler(self)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith(_ACCEPT_FAILED):
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._logged_at < _LOG_EVERY_S:
+            self._suppressed += 1
+            return
+        log.error(
+            "health_accept_failed",
+            error=str(context.get("exception")),
+            repeated=self._suppressed,
+            note="out of file descriptors? accepting again in 1 s",
+        )
+        self._logged_at, self._suppressed = now, 0
+
+    def remove(self) -> None:
+        if self._loop.get_exception_handler() is self:
+            self._loop.set_exception_handler(self._previous)
+
+
 class HealthServer:
     """Serves ``/health`` and ``/metrics`` on ``settings.host:settings.port`` (0 = any free).
 
     ``snapshot`` is called on the event loop for every request and must be cheap and
-    non-blocking (return data the daemon already has).
+    non-blocking (return data the daemon already has). Connections are bounded in number
+    and time (:class:`_ConnectionGuard`, ``[health] max_connections``, ``idle_timeout_s``,
+    ``request_timeout_s``) and requests in size.
     """
 
     def __init__(self, settings: HealthSettings, snapshot: SnapshotFn, metrics: Metrics) -> None:
@@ -298,6 +485,9 @@ class HealthServer:
         if metrics.snapshot_fn is None:
             metrics.attach(snapshot, settings.stale_after_s)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._guard: _ConnectionGuard | None = None
+        self._accept_log: _AcceptErrorLog | None = None
         self._port: int | None = None
 
     @property
@@ -315,30 +505,63 @@ class HealthServer:
 
     async def start(self) -> None:
         """Bind and serve; a port already in use raises :class:`EdgedError` naming it."""
-        app = web.Application()
+        app = web.Application(client_max_size=1024)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.settings.idle_timeout_s,
+            max_line_size=_MAX_LINE,
+            max_field_size=_MAX_LINE,
+            max_headers=_MAX_HEADERS,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        assert runner.server is not None
+        guard = _ConnectionGuard(lambda: self.settings, runner.server)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            listener = await loop.create_server(
+                guard.protocol, self.settings.host, self.settings.port, backlog=_BACKLOG
+            )
         except OSError as exc:
             await runner.cleanup()
             raise EdgedError(
                 f"health server cannot listen on {self.settings.host}:{self.settings.port}: "
                 f"{exc.strerror or exc}"
             ) from exc
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        log.info("health_server_started", host=self.settings.host, port=self._port)
+        guard.start()
+        self._runner, self._listener, self._guard = runner, listener, guard
+        self._accept_log = _AcceptErrorLog(loop)
+        self._port = int(listener.sockets[0].getsockname()[1])
+        log.info(
+            "health_server_started",
+            host=self.settings.host,
+            port=self._port,
+            max_connections=self.settings.max_connections,
+        )
 
     async def stop(self) -> None:
         """Stop listening and close open connections."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
             log.info("health_server_stopped")
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
+        if self._accept_log is not None:
+            self._accept_log.remove()
+            self._accept_log = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (for tests and diagnostics)."""
+        return self._guard.open_connections if self._guard is not None else 0
 
     def report(self) -> HealthReport:
         """Evaluate the current snapshot (also what ``/health`` answers)."""

@@ -90,6 +90,9 @@ _OWNED_KEY = "retained_topics"
 #: Default number of spooled events handed to paho without a PUBACK yet.
 DEFAULT_MAX_INFLIGHT = 20
 
+#: A config/result that found no connection is sent on a connection made this soon after.
+_RESULT_GRACE_S = 30.0
+
 #: Home Assistant object ids allow only these characters.
 _HA_ID_RE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -233,6 +236,38 @@ def _check_camera_id(camera_id: str) -> str:
     return camera_id
 
 
+class _Client(mqtt.Client):
+    """paho's client, remembering why its last connection attempt failed.
+
+    paho's network loop catches the OSError of a failed connect (a refused TCP connection,
+    a server certificate the configured CA did not sign, a TLS protocol mismatch) and
+    calls ``on_connect_fail`` without it, so the log said only "retrying" and /health
+    "cannot connect". The reason is kept here for that callback to report.
+    """
+
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
+        return rc
+
+
+def connect_error_reason(exc: BaseException | None) -> str | None:
+    """A one-line reason for a failed connection attempt (TLS errors say they are TLS)."""
+    if exc is None:
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message or exc.reason or exc}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or repr(exc)
+
+
 def _password_key(m: MqttSettings) -> object:
     """The password the client would log in with. A password file is compared by what it
     holds, not by its path: rotating the secret in place and reloading must reconnect. An
@@ -345,6 +380,8 @@ class Publisher:
         self._owned_dirty = False
         self._owned_save_failing = False
         self._clear_topics: set[str] = set()  # retained topics to empty when connected
+        # The newest config/result that found no connection, and when (monotonic).
+        self._unsent_result: tuple[bytes, float] | None = None
 
         self._sender: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -436,7 +473,7 @@ class Publisher:
         """
         m = settings.mqtt
         v5 = m.protocol == "5"
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=m.resolved_client_id(settings.device.id),
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -796,11 +833,17 @@ class Publisher:
     def publish_config_result(self, ok: bool, error: str | None) -> bool:
         """``<base>/config/result`` ``{ok, error, ts}`` at QoS 1, not retained.
 
-        Only sent while connected (``False`` otherwise): the answer belongs to a request
-        that arrived on this connection.
+        ``False`` while disconnected; the newest such answer is then sent on the next
+        connection if that comes within ``_RESULT_GRACE_S``: a change of the MQTT settings
+        reconnects while it is applied, and its sender must still get the answer.
         """
-        body = {"ok": ok, "error": error, "ts": _utc_now_iso()}
-        return self._publish_if_connected(self._topics.config_result, _json_bytes(body), 1, False)
+        if error is not None:  # an echoed value may hold what UTF-8 cannot encode
+            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+        body = _json_bytes({"ok": ok, "error": error, "ts": _utc_now_iso()})
+        with self._state_lock:
+            sent = self._publish_if_connected(self._topics.config_result, body, 1, False)
+            self._unsent_result = None if sent else (body, time.monotonic())
+        return sent
 
     def publish_discovery(self, cameras: list[str]) -> None:
         """Announce one Home Assistant emotion sensor per camera (retained configs).
@@ -972,13 +1015,17 @@ class Publisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         m = self._settings.mqtt
+        reason = connect_error_reason(getattr(client, "last_connect_error", None))
+        error = f"cannot connect to {m.host}:{m.port}" + (f": {reason}" if reason else "")
         with self._cv:
             if client is not self._client:
                 return
-            first = self._last_error != f"cannot connect to {m.host}:{m.port}"
-            self._last_error = f"cannot connect to {m.host}:{m.port}"
-        if first:
-            log.warning("mqtt_connect_failed", host=m.host, port=m.port, note="retrying")
+            first = self._last_error != error
+            self._last_error = error
+        if first:  # paho retries with backoff; say it when the reason changes, not every time
+            log.warning(
+                "mqtt_connect_failed", host=m.host, port=m.port, reason=reason, note="retrying"
+            )
 
     def _on_disconnect(
         self,
@@ -1117,6 +1164,9 @@ class Publisher:
         """First thing on a new connection: ``online``, pending clears, discovery, state."""
         self._publish_if_connected(self._topics.status, STATUS_ONLINE, 1, True)
         with self._state_lock:
+            unsent, self._unsent_result = self._unsent_result, None
+            if unsent is not None and time.monotonic() - unsent[1] < _RESULT_GRACE_S:
+                self._publish_if_connected(self._topics.config_result, unsent[0], 1, False)
             self._flush_clears()
             self._send_discovery()
             for camera in list(self._states):

@@ -11,9 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from mqtt_helpers import MosquittoBroker
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The fuzz tests bound their own example counts. On CI ($CI set) they are derandomized, so
+# a run fails the same way every time and never on a new example found by chance; locally
+# they explore freshly (and hypothesis replays what it once found from .hypothesis/).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 def shared_root() -> Path:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,8 @@ def write_config(
     lines = [
         f'[device]\nid = "{DEVICE}"\nstate_dir = "{state}"',
         "[mqtt]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in mqtt.items()),
-        f"[health]\nport = {over.pop('health_port', 0)}",
+        f"[health]\nport = {over.pop('health_port', 0)}\n"
+        + "\n".join(f"{k} = {json.dumps(v)}" for k, v in over.pop("health", {}).items()),
         f'[pipeline]\ndetector = "{DETECTOR}"\nclassifier = "{CLASSIFIER}"\nproviders = ["cpu"]',
         "[smoothing]\nalpha = 0.5\nmin_dwell_s = 0.3\nmin_confidence = 0.0\ntrack_timeout_s = 1.0",
         f'[models]\ndir = "{models}"',
@@ -139,6 +140,7 @@ class DaemonProcess:
         log: Path,
         extra_env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.log_path = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
@@ -150,6 +152,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=cwd,
+            preexec_fn=preexec_fn,  # e.g. a lower descriptor limit (the flood test)
         )
 
     def logs(self) -> list[dict[str, Any]]:

@@ -173,7 +173,13 @@ class OnnxClassifier:
         n = len(crops)
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        out = self.run_raw(self.preprocess(crops))
+        tensor = self.preprocess(crops)
+        try:
+            out = self.run_raw(tensor)
+        except ort_errors() as exc:  # a provider failing mid-run (CUDA fault, out of memory)
+            text = str(exc).strip().splitlines()
+            short = text[0][:300] if text else type(exc).__name__
+            raise ModelError(f"{self.name}: inference failed: {short}") from exc
         if out.shape != (n, len(self.labels)):
             raise ModelError(
                 f"{self.name}: output shape {out.shape} does not match ({n}, {len(self.labels)})"
