@@ -315,7 +315,14 @@ def _hse(
 
 
 def _fer(
-    name: str, file: str, desc: str, *, license: str, shipped: bool = False, notes: str = ""
+    name: str,
+    file: str,
+    desc: str,
+    *,
+    license: str,
+    shipped: bool = False,
+    notes: str = "",
+    crops: tuple[CropSpec, ...] = FER2013_CROPS,
 ) -> ModelSpec:
     """The contract of edged's own FER models (see models/README.md)."""
     return ModelSpec(
@@ -331,12 +338,14 @@ def _fer(
         color="gray",
         mean=(0.5,),
         std=(0.5,),
-        crops=FER2013_CROPS,
+        crops=crops,
         shipped=shipped,
         license=license,
         notes=notes,
     )
 
+
+_FER_LICENSE = "weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)"
 
 CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
@@ -464,18 +473,35 @@ CATALOG: dict[str, ModelSpec] = {
         ),
         _fer(
             "edged_fer",
-            "edged_fer/edged_fer_v2.onnx",
-            "edged's own FER model (48x48 grayscale, FER2013), ships with edged; averages "
-            "10 views of each face (5 scales, mirrored) inside the graph",
-            license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
+            "edged_fer/edged_fer_v3.onnx",
+            "edged's own FER model v3 (48x48 grayscale, FER2013 faces re-cut by edged's "
+            "detector and alignment), ships with edged; one pass on the centre 40x40",
+            license=_FER_LICENSE,
             shipped=True,
+            crops=V3_CROPS,
         ),
         _fer(
             "edged_fer_fast",
+            "edged_fer/edged_fer_v3.onnx",
+            "since v3 the same graph as edged_fer, which is already a single pass (0.69x "
+            "the compute of v2's single pass); the name is kept for existing configs",
+            license=_FER_LICENSE,
+            shipped=True,
+            crops=V3_CROPS,
+        ),
+        _fer(
+            "edged_fer_v2",
+            "edged_fer/edged_fer_v2.onnx",
+            "edged_fer v2 (FER2013's registered faces; 10 views per face in the graph), kept "
+            "loadable: see models/README.md for how it compares",
+            license=_FER_LICENSE,
+            shipped=True,
+        ),
+        _fer(
+            "edged_fer_v2_fast",
             "edged_fer/edged_fer_v2_fast.onnx",
-            "edged_fer's weights in one pass per face: ~10x less compute, ~1.5 points less "
-            "accurate (models/README.md)",
-            license="weights: edged (Apache-2.0); trained on FER2013 (research, non-commercial)",
+            "edged_fer v2's weights in one pass per face",
+            license=_FER_LICENSE,
             shipped=True,
         ),
         _fer(
@@ -484,8 +510,9 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
             license="yours: trained with tools/train_emotion.py --image-folder",
             notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
-            "models/edged_fer/edged_fer_v2.pt, then `edged models import FILE --as "
+            "models/edged_fer/edged_fer_v3.pt, then `edged models import FILE --as "
             "edged_fer_finetuned`.",
+            crops=V3_CROPS,
         ),
     )
 }
@@ -541,7 +568,7 @@ PHASES: dict[str, PhaseSpec] = {
         PhaseSpec(
             "lite",
             ("yunet", "scrfd_500m"),
-            ("edged_fer", "edged_fer_fast"),
+            ("edged_fer", "edged_fer_v2_fast"),
             "model",
             True,
             "YuNet (or SCRFD-0.5G) + edged's own FER model; small, works offline",

@@ -1,7 +1,10 @@
 """edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
 
-``edged_fer`` averages ten views of each face inside its graph (five scales, each mirrored);
-``edged_fer_fast`` is the same weights in one pass. Both go through the same loader.
+v3 (``edged_fer``, ``edged_fer_fast``: one graph) is trained on FER2013 re-cut by edged's own
+detector and alignment, and runs one pass on the centre 40x40 of the aligned 48x48 face.
+v2 (``edged_fer_v2``, kept loadable) averages ten views of each face inside its graph (five
+scales, each mirrored); ``edged_fer_v2_fast`` is the same weights in one pass. All go
+through the same loader.
 
 Uses FER2013 test images from ``../shared/datasets`` (or ``$EDGED_SHARED``), read in place.
 """
@@ -22,7 +25,9 @@ MODEL_DIR = REPO / "models" / "edged_fer"
 ONNX = MODEL_DIR / "edged_fer_v2.onnx"
 FAST = MODEL_DIR / "edged_fer_v2_fast.onnx"
 SIDECAR = MODEL_DIR / "edged_fer_v2.json"
-SHIPPED = {"edged_fer": ONNX, "edged_fer_fast": FAST}
+V3 = MODEL_DIR / "edged_fer_v3.onnx"
+V3_SIDECAR = MODEL_DIR / "edged_fer_v3.json"
+SHIPPED = {"edged_fer_v2": ONNX, "edged_fer_v2_fast": FAST, "edged_fer": V3, "edged_fer_fast": V3}
 # the views the sidecar's test-time mode names: input sizes, each also mirrored
 VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
@@ -69,6 +74,10 @@ def sidecar() -> dict:
     return json.loads(SIDECAR.read_text())
 
 
+def _sidecar_of(name: str) -> dict:
+    return json.loads((V3_SIDECAR if SHIPPED[name] == V3 else SIDECAR).read_text())
+
+
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
 def clf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """A shipped model, loaded the way the daemon loads it: catalogue spec + loader.
@@ -103,9 +112,9 @@ def _daemon_input(crops: list[np.ndarray]) -> np.ndarray:
     return (x / 255.0 - 0.5) / 0.5
 
 
-@pytest.mark.parametrize("path", [ONNX, FAST], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ONNX, FAST, V3], ids=lambda p: p.name)
 def test_files_shipped_and_small(path: Path) -> None:
-    assert SIDECAR.is_file(), f"{SIDECAR} missing"
+    assert SIDECAR.is_file() and V3_SIDECAR.is_file()
     assert path.is_file(), f"{path} missing"
     assert path.stat().st_size < 10_000_000
 
@@ -127,10 +136,21 @@ def test_sidecar_records_a_test_time_mode_chosen_on_validation(sidecar: dict) ->
     assert abs(sidecar["val_accuracy"] - modes[chosen]) < 1e-6
 
 
+def test_v3_sidecar_sha256_and_face_crop_match_the_shipped_graph_and_catalogue() -> None:
+    from edged.catalog import CATALOG, CropSpec
+
+    side = json.loads(V3_SIDECAR.read_text())
+    assert hashlib.sha256(V3.read_bytes()).hexdigest() == side["sha256"]
+    assert side["test_time_mode"] == "center"  # chosen on validation (mean per-class recall)
+    assert side["train_config"]["select_by"] == "mean_recall"
+    assert CropSpec.from_json(side["face_crop"]) == CATALOG["edged_fer"].crops[0]
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_sidecar_matches_catalogue(sidecar: dict, name: str) -> None:
+def test_sidecar_matches_catalogue(name: str) -> None:
     from edged.catalog import CATALOG
 
+    sidecar = _sidecar_of(name)
     spec = CATALOG[name]
     assert spec.files == (f"edged_fer/{SHIPPED[name].name}",)
     assert list(spec.labels) == sidecar["labels"]
@@ -141,7 +161,7 @@ def test_sidecar_matches_catalogue(sidecar: dict, name: str) -> None:
         assert key in sidecar
 
 
-@pytest.mark.parametrize("path", [ONNX, FAST], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ONNX, FAST, V3], ids=lambda p: p.name)
 def test_onnx_contract(path: Path) -> None:
     sess = _session(path)
     (inp,) = sess.get_inputs()
@@ -177,9 +197,7 @@ def test_loader_matches_raw_onnx_with_daemon_preprocessing(clf, fer_subset) -> N
     z = sess.run(["logits"], {"input": _daemon_input(crops)})[0].astype(np.float64)
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    order = [
-        clf.labels.index(FER_TO_CANONICAL[n]) for n in json.loads(SIDECAR.read_text())["labels"]
-    ]
+    order = [clf.labels.index(FER_TO_CANONICAL[n]) for n in _sidecar_of(clf.spec.name)["labels"]]
     np.testing.assert_allclose(np.asarray(clf(crops))[:, order], p, atol=1e-4)
 
 
@@ -220,4 +238,4 @@ def test_multi_view_graph_is_the_mean_of_single_passes_over_scaled_and_mirrored_
 def test_lite_phase_uses_the_shipped_models_accurate_first() -> None:
     from edged.catalog import PHASES
 
-    assert PHASES["lite"].classifiers == ("edged_fer", "edged_fer_fast")
+    assert PHASES["lite"].classifiers == ("edged_fer", "edged_fer_v2_fast")
