@@ -10,8 +10,8 @@ face on both sides and measure memory, not recognition.
 - ``report``: only for the figures reported in the model card; never trained on, never
   used to choose.
 
-Everything here is plain data handling (no edged imports), so the training tool, the
-evaluation tool, the benchmarks and the tests read the data one way.
+Everything here is plain data handling (only edged's label table), so the training tool,
+the evaluation tool, the benchmarks and the tests read the data one way.
 """
 
 from __future__ import annotations
@@ -23,27 +23,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edged.catalog import LABEL_ALIASES  # plain data: imports nothing else of edged
+
 HALVES = ("select", "report")
 _TRAILING_NUMBER = re.compile(r"[_\-\s]*\d+$")
 
-#: The photos' label spellings -> edged's canonical labels.
-PHOTO_LABELS = {
-    "angry": "angry",
-    "anger": "angry",
-    "contempt": "contemptuous",
-    "contemptuous": "contemptuous",
-    "disgust": "disgusted",
-    "disgusted": "disgusted",
-    "fear": "fearful",
-    "fearful": "fearful",
-    "happiness": "happy",
-    "happy": "happy",
-    "neutral": "neutral",
-    "sad": "sad",
-    "sadness": "sad",
-    "surprise": "surprised",
-    "surprised": "surprised",
-}
+#: The photos' label spellings -> edged's canonical labels (the catalogue's table).
+PHOTO_LABELS = LABEL_ALIASES
 
 
 def shared_root() -> Path:
