@@ -252,7 +252,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = ORT's)")
     p.add_argument("--providers", default="cpu", help="comma list, e.g. cuda,cpu")
-    p.add_argument("--crop", choices=["box", "align"], default="box")
+    p.add_argument("--crop", choices=["model", "box", "align"], default="model")
     p.add_argument("--max-faces", type=int, default=1024)
     p.add_argument("--max-batch", type=int, default=PipelineSettings().max_batch)
     p.add_argument("--video-frames", type=int, default=16, help="frames taken from a video")
