@@ -136,7 +136,12 @@ def box_transforms(
     Same sampling as ``cv2.resize(image[y1:y2, x1:x2], (size, size))``: pixel centres of the
     window map onto pixel centres of the crop, so an in-frame crop equals HSEmotion's.
     """
-    win = box_windows(boxes, margin, square=square)
+    return _window_transforms(box_windows(boxes, margin, square=square), size)
+
+
+def _window_transforms(win: FloatArray, size: int) -> FloatArray:
+    """(N, 2, 3) maps of windows ``x1, y1, x2, y2`` onto ``size x size`` crops, pixel centres
+    onto pixel centres (so an in-frame window equals ``cv2.resize`` of its pixels)."""
     sx = size / (win[:, 2] - win[:, 0])
     sy = size / (win[:, 3] - win[:, 1])
     m = np.zeros((win.shape[0], 2, 3), np.float32)
@@ -256,14 +261,8 @@ def crop_transforms(
     side = spec.scale * np.maximum(w, h)
     cx = (b[:, 0] + b[:, 2]) / 2 + spec.shift[0] * side
     cy = (b[:, 1] + b[:, 3]) / 2 + spec.shift[1] * side
-    s = size / side
-    m = np.zeros((b.shape[0], 2, 3), np.float32)
-    m[:, 0, 0] = s
-    m[:, 1, 1] = s
-    # pixel centres of the window onto pixel centres of the crop (as box_transforms)
-    m[:, 0, 2] = (0.5 - (cx - side / 2)) * s - 0.5
-    m[:, 1, 2] = (0.5 - (cy - side / 2)) * s - 0.5
-    return m
+    win = np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1)
+    return _window_transforms(win.astype(np.float32), size)
 
 
 def face_crops(

@@ -164,31 +164,19 @@ class Pipeline:
         self.detector = detector
         self.classifier = classifier
         self.crop_mode: PhaseCrop = crop_mode
-        self._crop_margin = crop_margin
-        self.crop: CropSpec | None = None
-        self._set_crop()
+        self.crop_margin = crop_margin
         self.max_batch = max_batch
         self.stats = PipelineStats()
         #: What :func:`build_pipeline` resolved (phase, fallbacks); None when built directly.
         self.loaded: LoadedModels | None = None
 
-    def _set_crop(self) -> None:
-        if self.classifier is None:
-            self.crop = None
-            return
-        crop = self.classifier.spec.crop_for(self.crop_mode)
-        if self._crop_margin:
-            crop = crop.zoomed(1 + 2 * self._crop_margin)
-        self.crop = crop
-
     @property
-    def crop_margin(self) -> float:
-        return self._crop_margin
-
-    @crop_margin.setter
-    def crop_margin(self, value: float) -> None:
-        self._crop_margin = value
-        self._set_crop()
+    def crop(self) -> CropSpec | None:
+        """The classifier's crop for ``crop_mode``, grown by ``crop_margin``; None without one."""
+        if self.classifier is None:
+            return None
+        crop = self.classifier.spec.crop_for(self.crop_mode)
+        return crop.zoomed(1 + 2 * self.crop_margin) if self.crop_margin else crop
 
     @property
     def models(self) -> dict[str, str | None]:
@@ -208,13 +196,14 @@ class Pipeline:
 
     def crops(self, frames: Sequence[Image], dets: Sequence[Detections]) -> Image:
         """All faces of all frames as one (N, S, S, 3) uint8 batch at the classifier's size."""
-        assert self.classifier is not None and self.crop is not None
+        crop = self.crop
+        assert self.classifier is not None and crop is not None
         size = self.classifier.input_size
         parts: list[Image] = []
         for frame, det in zip(frames, dets, strict=True):
             if len(det) == 0:
                 continue
-            parts.append(face_crops(frame, det.boxes, det.landmarks, size, self.crop))
+            parts.append(face_crops(frame, det.boxes, det.landmarks, size, crop))
         if not parts:
             return np.zeros((0, size, size, 3), np.uint8)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -263,7 +263,7 @@ def evaluate_pipeline(pipe, items, y_true):
     (the face nearest the centre is the labelled one).
     """
     import cv2
-    from fer_crops import enlarge
+    from fer_crops import enlarge, nearest_centre
 
     preds = []
     t0 = time.perf_counter()
@@ -279,14 +279,8 @@ def evaluate_pipeline(pipe, items, y_true):
             preds.append(NO_FACE)
             continue
         if isinstance(item, np.ndarray):
-            h, w = img.shape[:2]
-
-            def off_centre(f, w=w, h=h):
-                return ((f.bbox[0] + f.bbox[2]) / 2 - w / 2) ** 2 + (
-                    (f.bbox[1] + f.bbox[3]) / 2 - h / 2
-                ) ** 2
-
-            face = min(faces, key=off_centre)
+            boxes = np.array([f.bbox for f in faces], np.float32)
+            face = faces[nearest_centre(boxes, img.shape[1], img.shape[0])]
         else:
             face = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
         preds.append(canon(face.emotion))

@@ -73,15 +73,21 @@ def enlarge(gray48: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(big, cv2.COLOR_GRAY2BGR)
 
 
+def nearest_centre(boxes: np.ndarray, width: int, height: int) -> int:
+    """Index of the box (N, 4) whose centre is nearest the image centre: the labelled face
+    of an enlarged FER2013 image (training crops and ``eval_emotion --pipeline`` agree)."""
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 - width / 2
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 - height / 2
+    return int(np.argmin(cx * cx + cy * cy))
+
+
 def detect(detectors, image: np.ndarray):
     """(detector name, box, landmarks) of the face nearest the centre, in ``image`` pixels."""
     h, w = image.shape[:2]
     for name, det in detectors:
         r = det(image)
         if len(r):
-            cx = (r.boxes[:, 0] + r.boxes[:, 2]) / 2 - w / 2
-            cy = (r.boxes[:, 1] + r.boxes[:, 3]) / 2 - h / 2
-            i = int(np.argmin(cx * cx + cy * cy))
+            i = nearest_centre(r.boxes, w, h)
             return name, r.boxes[i], r.landmarks[i]
     return None, None, None
 
