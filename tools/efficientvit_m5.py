@@ -58,6 +58,10 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
+from edged.catalog import CATALOG
+
+_SPEC = CATALOG["efficientvit_m5"]
+
 EMBED_DIM = (192, 288, 384)
 DEPTH = (1, 3, 4)
 NUM_HEADS = (3, 3, 4)
@@ -65,21 +69,12 @@ KEY_DIM = 16
 WINDOW = 7
 KERNELS = (7, 5, 3, 3)
 NUM_FEATURES = EMBED_DIM[-1]
-#: HSEmotion's 8-class order, the head's output order (edged.catalog.HSEMOTION_8).
-LABELS_8 = (
-    "Anger",
-    "Contempt",
-    "Disgust",
-    "Fear",
-    "Happiness",
-    "Neutral",
-    "Sadness",
-    "Surprise",
-)
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-BACKBONE_FILE = "efficientvit/efficientvit_m5_backbone.onnx"
-HEAD_FILE = "efficientvit/efficientvit_m5_emotion_head.onnx"
+#: The catalogue's contract, not a copy: HSEmotion's 8-class order (the head's outputs),
+#: ImageNet normalisation and the seed's two file names.
+LABELS_8 = _SPEC.labels
+MEAN = _SPEC.mean
+STD = _SPEC.std
+BACKBONE_FILE, HEAD_FILE = _SPEC.files
 
 
 def stage_resolutions(img_size: int) -> tuple[int, int, int]:
