@@ -1,5 +1,5 @@
 """``python -m edged`` is the ``edged`` command."""
 
-from edged.cli import main
+from edged.cli.app import main
 
 main()

@@ -295,7 +295,7 @@ class PipelineSettings(_Section):
     def _known_model(cls, value: str, info: Any) -> str:
         if not value:
             return value
-        from edged.catalog import CATALOG  # the catalogue imports nothing from config
+        from edged.models.catalog import CATALOG  # the catalogue imports nothing from config
 
         kind = "detector" if info.field_name == "detector" else "emotion"
         known = sorted(n for n, s in CATALOG.items() if s.kind == kind)

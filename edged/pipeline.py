@@ -2,7 +2,7 @@
 
 :class:`Pipeline` detects faces in every frame it is given, cuts all faces of all those
 frames at the classifier's input size, framed the way that classifier's training faces were
-(its :class:`~edged.catalog.CropSpec`: a square box window or 5-point alignment, as the
+(its :class:`~edged.models.catalog.CropSpec`: a square box window or 5-point alignment, as the
 phase's crop mode picks), classifies them in **one** batched call (split only above
 ``max_batch``), and splits the probabilities back per frame. Batching is the point: an
 EfficientNet on a crowd of 150 faces is ~150× cheaper per face as one batch than as 150
@@ -29,13 +29,13 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edged.alignment import face_crops
-from edged.catalog import CropSpec, PhaseCrop
-from edged.classification import Classifier
 from edged.config import Settings
-from edged.detection import Detections, Detector
-from edged.loader import LoadedModels, resolve
-from edged.providers import SessionFactory
+from edged.models.catalog import CropSpec, PhaseCrop
+from edged.models.classification import Classifier
+from edged.models.crops import face_crops
+from edged.models.detection.base import Detections, Detector
+from edged.models.loader import LoadedModels, resolve
+from edged.models.providers import SessionFactory
 
 log = structlog.get_logger(__name__)
 
@@ -303,7 +303,7 @@ def build_pipeline(
 ) -> Pipeline:
     """The pipeline the config (and explicit overrides) call for, models resolved with fallback.
 
-    ``pipeline.loaded`` keeps the :class:`~edged.loader.LoadedModels` (phase, crop mode,
+    ``pipeline.loaded`` keeps the :class:`~edged.models.loader.LoadedModels` (phase, crop mode,
     smoothing flag, fallbacks taken) for reporting.
     """
     loaded = resolve(

@@ -10,7 +10,7 @@ inference and are gone; what leaves the process is labels, scores, boxes and cou
   ``aggregate_interval_s`` one :class:`AggregateReport` with how many faces there were and
   how their emotions were distributed (built by :class:`Aggregator`);
 * ``min_faces`` — an aggregate report only describes frames with at least that many faces;
-* ``spool_max_age_s`` — spooled messages older than that are dropped (:mod:`edged.spool`).
+* ``spool_max_age_s`` — spooled messages older than that are dropped (:mod:`edged.mqtt.spool`).
 
 The functions here are pure; the tracker, the publisher and the daemon call them at the
 points where a payload is made or sent. A remote ``config/set`` may only tighten these

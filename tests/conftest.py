@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
-from mqtt_helpers import MosquittoBroker
+
+from tests.mqtt_helpers import MosquittoBroker
 
 REPO = Path(__file__).resolve().parent.parent
 

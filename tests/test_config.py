@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from edged.cli import app
+from edged.cli.app import app
 from edged.config import Settings, load_settings
 from edged.errors import ConfigError
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from edged.cli import app
+from edged.cli.app import app
 from edged.config import MAX_NESTING, Settings, build_settings, load_settings
 from edged.errors import ConfigError
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from tiny_models import make_fer_model
 
-from edged.catalog import CANONICAL_LABELS, CATALOG
-from edged.classification import CLASSIFIERS, Classifier
 from edged.config import PipelineSettings, Settings
-from edged.detection import Detector
-from edged.loader import load_classifier, load_detector
+from edged.models.catalog import CANONICAL_LABELS, CATALOG
+from edged.models.classification import CLASSIFIERS, Classifier
+from edged.models.detection import Detector
+from edged.models.loader import load_classifier, load_detector
+from edged.models.providers import SessionFactory
 from edged.pipeline import Face, FrameResult, Pipeline, build_pipeline
-from edged.providers import SessionFactory
+from tests.tiny_models import make_fer_model
 
 
 @pytest.fixture(scope="module")

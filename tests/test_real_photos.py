@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.catalog import CATALOG, PHASES
 from edged.config import PipelineSettings, Settings
-from edged.detection import Detector
-from edged.loader import load_detector
+from edged.models.catalog import CATALOG, PHASES
+from edged.models.detection import Detector
+from edged.models.loader import load_detector
+from edged.models.providers import SessionFactory
 from edged.pipeline import Pipeline, build_pipeline
-from edged.providers import SessionFactory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from emotion_data import load_photos, photos_root

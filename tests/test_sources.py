@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edged import sources
-from edged.capture import parse_source
 from edged.errors import ConfigError
+from edged.runtime.capture import parse_source
 
 
 @pytest.mark.parametrize(
@@ -158,8 +158,8 @@ def test_fuzz_a_source_the_remote_guard_accepts_is_never_a_pipeline(
 
 
 def test_a_camera_that_cannot_open_a_url_reports_the_error_without_its_password() -> None:
-    from edged.capture import Camera
     from edged.config import CameraSettings
+    from edged.runtime.capture import Camera
 
     cam = Camera(
         CameraSettings(id="c", source="rtsp://admin:cam-pw-8@127.0.0.1:1/x", reconnect_min_s=5),

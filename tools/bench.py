@@ -44,11 +44,11 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edged.classification import OnnxClassifier
 from edged.config import PipelineSettings, Settings
-from edged.detection import Detections
+from edged.models.classification import OnnxClassifier
+from edged.models.detection import Detections
+from edged.models.providers import SessionFactory
 from edged.pipeline import Pipeline, build_pipeline
-from edged.providers import SessionFactory
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

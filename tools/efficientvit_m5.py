@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as nnf
 
-from edged.catalog import CATALOG
+from edged.models.catalog import CATALOG
 
 _SPEC = CATALOG["efficientvit_m5"]
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.catalog import LABEL_ALIASES  # plain data: imports nothing else of edged
+from edged.models.catalog import LABEL_ALIASES  # plain data: imports nothing else of edged
 
 HALVES = ("select", "report")
 _TRAILING_NUMBER = re.compile(r"[_\-\s]*\d+$")

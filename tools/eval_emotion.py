@@ -203,18 +203,18 @@ class OnnxClassifier:
 def load_package_classifier(name, models_dir=None, providers=("cpu",), threads=0):
     """The daemon's own loader: catalogue spec -> validated sessions -> classifier class.
 
-    edged.catalog.CATALOG[name] + edged.loader.load_classifier(spec, models_dir, factory),
-    i.e. the same preprocessing (edged.classification.*) the pipeline runs.
+    edged.models.catalog.CATALOG[name] + edged.models.loader.load_classifier(spec, models_dir, factory),
+    i.e. the same preprocessing (edged.models.classification.*) the pipeline runs.
     """
-    from edged.catalog import CATALOG
-    from edged.loader import load_classifier
-    from edged.providers import SessionFactory
+    from edged.models.catalog import CATALOG
+    from edged.models.loader import load_classifier
+    from edged.models.providers import SessionFactory
 
     spec = CATALOG.get(name)
     if spec is None or spec.kind != "emotion":
         known = sorted(n for n, s in CATALOG.items() if s.kind == "emotion")
         raise SystemExit(
-            f"{name!r} is not an emotion model of edged.catalog.CATALOG; known: {known}"
+            f"{name!r} is not an emotion model of edged.models.catalog.CATALOG; known: {known}"
         )
     if models_dir is None and not spec.shipped:
         raise SystemExit(f"{name!r} is not shipped with edged: give --models-dir (the seed layout)")
@@ -231,8 +231,8 @@ def build_eval_pipeline(a):
     import tempfile
 
     from edged.config import PipelineSettings, Settings
+    from edged.models.providers import SessionFactory
     from edged.pipeline import build_pipeline
-    from edged.providers import SessionFactory
 
     models_dir = a.models_dir
     if models_dir is None:
@@ -458,7 +458,7 @@ def main(argv=None):
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--classifier",
-        help="emotion model name in edged.catalog.CATALOG (default edged_fer), "
+        help="emotion model name in edged.models.catalog.CATALOG (default edged_fer), "
         "loaded by the package exactly as the daemon loads it",
     )
     g.add_argument(
@@ -545,7 +545,7 @@ def main(argv=None):
         clf = load_package_classifier(name, a.models_dir, a.providers.split(","), a.threads)
         source = {
             "classifier": name,
-            "path": "edged.loader.load_classifier (daemon preprocessing)",
+            "path": "edged.models.loader.load_classifier (daemon preprocessing)",
             "provider": getattr(clf, "provider", None),
         }
 

@@ -9,8 +9,8 @@ loses accuracy silently. This tool closes the gap by construction:
    border, so the detector sees the whole face with some context;
 2. the daemon's detector chain of the ``lite`` phase runs on it (YuNet, then SCRFD-0.5G
    where YuNet finds nothing), the face nearest the centre is kept;
-3. the crop is cut with ``edged.alignment.face_crops`` and the model's
-   :class:`~edged.catalog.CropSpec` (the catalogue's, or ``--crop`` JSON), at 48x48;
+3. the crop is cut with ``edged.models.crops.face_crops`` and the model's
+   :class:`~edged.models.catalog.CropSpec` (the catalogue's, or ``--crop`` JSON), at 48x48;
 4. where no face is found, the registered image itself is kept (``found`` is False).
 
 The result is an npz in the FER2013 layout (images, labels, classes, filenames, FER+ votes
@@ -19,7 +19,7 @@ crop used, so ``tools/train_emotion.py --data`` trains on it unchanged.
 
 ``--framing`` prints where FER2013's faces sit in their 48x48 images by these detectors
 (median landmarks in unit coordinates, box size and centre): how
-``edged.catalog.FER2013_UNIT`` was measured.
+``edged.models.catalog.FER2013_UNIT`` was measured.
 
   python tools/fer_crops.py --data ../shared/datasets/fer2013_train.npz --framing
   python tools/fer_crops.py --data ../shared/datasets/fer2013_train.npz --for edged_fer \\
@@ -53,10 +53,10 @@ def build_detectors(names: list[str], models_dir: Path | None):
     from conftest import make_models_dir  # the tests' seed layout of ../shared models
     from emotion_data import shared_root
 
-    from edged.catalog import CATALOG
     from edged.config import PipelineSettings
-    from edged.loader import load_detector
-    from edged.providers import SessionFactory
+    from edged.models.catalog import CATALOG
+    from edged.models.loader import load_detector
+    from edged.models.providers import SessionFactory
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if models_dir is None:
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N images only")
     a = p.parse_args(argv)
 
-    from edged.alignment import face_crops
-    from edged.catalog import CATALOG, CropSpec
+    from edged.models.catalog import CATALOG, CropSpec
+    from edged.models.crops import face_crops
 
     d = np.load(a.data)
     images = d["images"]

@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         "catalog_input_size_note": (
             None
             if size == 224
-            else f"edged.catalog 'efficientvit_m5' fixes 224; this export needs input_size="
+            else f"edged.models.catalog 'efficientvit_m5' fixes 224; this export needs input_size="
             f"{size} and inputs ((None, 3, {size}, {size}),), ((None, 384),)"
         ),
         "val_metrics": final_val,

@@ -937,7 +937,7 @@ def main(argv=None):
         "preprocessing": "BGR->GRAY (cv2.COLOR_BGR2GRAY), cv2.resize 48x48 INTER_AREA, /255, "
         "(x-0.5)/0.5",
         "sha256": sha256_file(onnx_path),
-        # How the training faces were framed (edged.catalog.CropSpec.to_json); the catalogue
+        # How the training faces were framed (edged.models.catalog.CropSpec.to_json); the catalogue
         # entry of a model trained here must use the same (tests/test_own_model.py).
         "face_crop": face_crop,
         "seed": args.seed,
