@@ -203,7 +203,8 @@ class OnnxClassifier:
 def load_package_classifier(name, models_dir=None, providers=("cpu",), threads=0):
     """The daemon's own loader: catalogue spec -> validated sessions -> classifier class.
 
-    edged.models.catalog.CATALOG[name] + edged.models.loader.load_classifier(spec, models_dir, factory),
+    edged.models.catalog.CATALOG[name] +
+    edged.models.loader.load_classifier(spec, models_dir, factory),
     i.e. the same preprocessing (edged.models.classification.*) the pipeline runs.
     """
     from edged.models.catalog import CATALOG
