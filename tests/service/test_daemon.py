@@ -462,7 +462,7 @@ def _health(port: int) -> dict[str, Any]:
 
 
 def _free_port() -> int:
-    from mqtt_helpers import free_port
+    from tests.mqtt_helpers import free_port
 
     return free_port()
 
