@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -227,6 +228,17 @@ class Link:
             self._client = None
             self._connected = False
             self.cv.notify_all()
+
+    def shut_down(self, client: mqtt.Client, deadline: float) -> None:
+        """Detach ``client``, disconnect it cleanly and stop its network thread (waiting
+        until ``deadline`` at most: a stuck thread is left to exit on its own)."""
+        self.detach()
+        client.disconnect()
+        stopper = threading.Thread(target=client.loop_stop, name="edged-mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))
+        if stopper.is_alive():
+            log.warning("mqtt_network_thread_still_running", note="left to exit on its own")
 
     def poke(self) -> None:
         """Tell the sender there is work (a new spool row, a dirty owned-topic list)."""

@@ -78,6 +78,28 @@ def _open_spool(settings: Settings) -> Spool:
     )
 
 
+def minimise_spool(spool: Spool, privacy: PrivacySettings) -> None:
+    """Re-shape the events waiting in ``spool`` for ``privacy`` (dropped in aggregate mode):
+    what was recorded under looser settings must not leave under the new ones."""
+    if spool.closed or spool.pending() == 0:
+        return
+    if per_person_allowed(privacy) and privacy.publish_boxes and privacy.publish_scores:
+        return  # nothing an event could lose: do not read the whole spool for nothing
+
+    def shape(row: SpoolRow) -> bytes | None:
+        if not row.topic.endswith("/event"):
+            return row.payload
+        return minimise_spooled_event(row.payload, privacy)
+
+    try:
+        rewritten, dropped = spool.rewrite(shape)
+    except SpoolError as exc:
+        log.error("spool_not_minimised", error=str(exc))
+        return
+    if rewritten or dropped:
+        log.info("spool_minimised", rewritten=rewritten, dropped=dropped, mode=privacy.mode)
+
+
 class Publisher:
     """The daemon's MQTT side. Build it from :class:`~edged.config.Settings`, then
     :meth:`start`; every ``publish_*`` method is thread-safe and returns without waiting
@@ -148,7 +170,7 @@ class Publisher:
         settings (they may have been written under looser ones).
         """
         with self._lifecycle_lock:
-            self._minimise_spool(self._privacy)
+            minimise_spool(self._spool, self._privacy)
             self._start_locked(None)
 
     def _start_locked(self, client: mqtt.Client | None) -> None:
@@ -215,13 +237,7 @@ class Publisher:
             self._sender.process_acks()
         except Exception as exc:  # SpoolError: those events are simply sent again later
             log.warning("spool_ack_failed_on_stop", error=str(exc))
-        self._link.detach()
-        client.disconnect()
-        stopper = threading.Thread(target=client.loop_stop, name="edged-mqtt-stop", daemon=True)
-        stopper.start()
-        stopper.join(max(0.1, deadline - time.monotonic()))
-        if stopper.is_alive():
-            log.warning("mqtt_network_thread_still_running", note="left to exit on its own")
+        self._link.shut_down(client, deadline)
         pending = self._spool.pending()
         log.info("mqtt_stopped", spool_pending=pending, flushed=flushed_ok and pending == 0)
         return exited
@@ -257,7 +273,7 @@ class Publisher:
             with self._privacy_lock:
                 self._privacy = settings.privacy
                 self._retained.set_privacy(settings.privacy)
-                self._minimise_spool(settings.privacy)
+                minimise_spool(self._spool, settings.privacy)
         if client is None:
             self._settings = settings
             return
@@ -358,26 +374,6 @@ class Publisher:
         re-sent on every connection and whenever ``<ha prefix>/status`` says ``online``.
         """
         self._retained.set_cameras(cameras)
-
-    def _minimise_spool(self, privacy: PrivacySettings) -> None:
-        """Re-shape waiting events for ``privacy`` (dropped in aggregate mode)."""
-        if self._spool.closed or self._spool.pending() == 0:
-            return
-        if per_person_allowed(privacy) and privacy.publish_boxes and privacy.publish_scores:
-            return  # nothing an event could lose: do not read the whole spool for nothing
-
-        def shape(row: SpoolRow) -> bytes | None:
-            if not row.topic.endswith("/event"):
-                return row.payload
-            return minimise_spooled_event(row.payload, privacy)
-
-        try:
-            rewritten, dropped = self._spool.rewrite(shape)
-        except SpoolError as exc:
-            log.error("spool_not_minimised", error=str(exc))
-            return
-        if rewritten or dropped:
-            log.info("spool_minimised", rewritten=rewritten, dropped=dropped, mode=privacy.mode)
 
     # -- connection events -------------------------------------------------------------------
 
