@@ -7,13 +7,14 @@ inference and are gone; what leaves the process is labels, scores, boxes and cou
 * ``publish_boxes = false`` — no ``bbox`` in events or in the retained attributes;
 * ``publish_scores = false`` — an event says its label and confidence, not the distribution;
 * ``mode = "aggregate"`` — no per-person event, state or track id at all: per camera and per
-  ``aggregate_interval_s`` one :class:`AggregateReport` with how many faces there were and
-  how their emotions were distributed (built by :class:`Aggregator`);
+  ``aggregate_interval_s`` one :class:`~edged.contracts.events.AggregateReport` with how
+  many faces there were and how their emotions were distributed (built by :class:`Aggregator`);
 * ``min_faces`` — an aggregate report only describes frames with at least that many faces;
 * ``spool_max_age_s`` — spooled messages older than that are dropped (:mod:`edged.mqtt.spool`).
 
-The functions here are pure; the tracker, the publisher and the daemon call them at the
-points where a payload is made or sent. A remote ``config/set`` may only tighten these
+The functions here are pure and work on the typed payloads of :mod:`edged.contracts.events`
+(spooled rows, already bytes, stay bytes); the tracker, the publisher and the daemon call
+them at the points where a payload is made or sent. A remote ``config/set`` may only tighten these
 settings (:func:`check_remote_privacy`); loosening them is the config file's job.
 """
 
@@ -22,40 +23,36 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import replace
 
 from edged.config import PrivacySettings
+from edged.contracts.events import AggregateReport, EmotionEvent, StateAttributes
 from edged.errors import ConfigError
 
 #: Decimal places of the shares in an aggregate report.
 _ROUND = 4
 
 
-def minimise_event(event: Mapping[str, Any], privacy: PrivacySettings) -> dict[str, Any]:
-    """The event as ``privacy`` allows it to leave: ``bbox`` and ``scores`` removed when off.
+def minimise_event(event: EmotionEvent, privacy: PrivacySettings) -> EmotionEvent:
+    """The event as ``privacy`` allows it to leave: ``bbox`` and ``scores`` withheld when off.
 
-    A copy; the input is not changed. Keys are removed rather than set to ``null`` so a
-    subscriber cannot mistake "not published" for "not known".
+    Withheld fields become ``None``, which leaves their keys out of the payload rather
+    than setting them to ``null``, so a subscriber cannot mistake "not published" for
+    "not known".
     """
-    out = dict(event)
-    if not privacy.publish_boxes:
-        out.pop("bbox", None)
-    if not privacy.publish_scores:
-        out.pop("scores", None)
-    return out
+    bbox = event.bbox if privacy.publish_boxes else None
+    scores = event.scores if privacy.publish_scores else None
+    if bbox is event.bbox and scores is event.scores:
+        return event
+    return replace(event, bbox=bbox, scores=scores)
 
 
-def minimise_attributes(attributes: Mapping[str, Any], privacy: PrivacySettings) -> dict[str, Any]:
-    """The retained ``attributes`` as ``privacy`` allows: per-track ``bbox`` removed when off."""
-    out = dict(attributes)
-    if not privacy.publish_boxes and isinstance(out.get("tracks"), list):
-        out["tracks"] = [
-            {k: v for k, v in t.items() if k != "bbox"} if isinstance(t, Mapping) else t
-            for t in out["tracks"]
-        ]
-    return out
+def minimise_attributes(attributes: StateAttributes, privacy: PrivacySettings) -> StateAttributes:
+    """The retained ``attributes`` as ``privacy`` allows: per-track ``bbox`` withheld when off."""
+    if privacy.publish_boxes:
+        return attributes
+    return replace(attributes, tracks=tuple(replace(t, bbox=None) for t in attributes.tracks))
 
 
 def per_person_allowed(privacy: PrivacySettings) -> bool:
@@ -78,7 +75,11 @@ def minimise_spooled_event(payload: bytes, privacy: PrivacySettings) -> bytes | 
         return payload
     if not isinstance(event, dict):
         return payload
-    shaped = minimise_event(event, privacy)
+    shaped = dict(event)
+    if not privacy.publish_boxes:
+        shaped.pop("bbox", None)
+    if not privacy.publish_scores:
+        shaped.pop("scores", None)
     if shaped == event:
         return payload
     return json.dumps(shaped, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -124,41 +125,6 @@ def _age_limit(value: float) -> float:
 
 
 # -- aggregate mode -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AggregateReport:
-    """What aggregate mode publishes per camera and interval: counts, never a person.
-
-    ``faces`` is the most faces seen at once, ``faces_mean`` the mean over the frames
-    described, ``emotions`` the share of the described face sightings per established
-    emotion (sums to 1 when any face had one; a face whose emotion is not yet established
-    counts in ``faces`` only). ``frames`` says how many processed frames it describes:
-    frames with fewer than ``min_faces`` faces are left out.
-    """
-
-    ts: str
-    device: str
-    camera: str
-    interval_s: float
-    frames: int
-    faces: int
-    faces_mean: float
-    emotions: dict[str, float] = field(default_factory=dict)
-    schema: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "ts": self.ts,
-            "device": self.device,
-            "camera": self.camera,
-            "interval_s": self.interval_s,
-            "frames": self.frames,
-            "faces": self.faces,
-            "faces_mean": self.faces_mean,
-            "emotions": dict(self.emotions),
-        }
 
 
 class Aggregator:
@@ -222,7 +188,6 @@ class Aggregator:
 
 
 __all__ = [
-    "AggregateReport",
     "Aggregator",
     "check_remote_privacy",
     "minimise_attributes",

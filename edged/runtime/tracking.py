@@ -14,7 +14,8 @@ that
    smoothed probability is at least ``min_confidence``. A single noisy frame can flip the top
    label for one instant only, so it never satisfies the dwell and never makes an event.
 
-Events (the contract's payload, ``schema`` 1):
+Events (the contract's payload, ``schema`` 1, typed as
+:class:`~edged.contracts.events.EmotionEvent`):
 
 * ``appeared`` — when a track's *first* emotion is established, i.e. at the first moment its
   smoothed top label satisfies dwell and confidence (not when the box is first seen: a face
@@ -50,12 +51,13 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from edged.config import PrivacySettings, SmoothingSettings
+from edged.contracts.events import BoxXYWH, EmotionEvent, EventType, StateAttributes, TrackState
 from edged.models.catalog import CANONICAL_LABELS
 from edged.privacy import minimise_attributes, minimise_event
 
@@ -212,7 +214,7 @@ class Tracker:
 
     def update(
         self, faces: Sequence[FaceLike], ts: float, wall_ts: float | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[EmotionEvent]:
         """Feed one processed frame; returns the events it caused (possibly none).
 
         ``ts`` is the frame's monotonic capture time (dwell and timeouts are measured on it,
@@ -247,7 +249,7 @@ class Tracker:
                 events.append(event)
         return events
 
-    def flush(self, ts: float, wall_ts: float | None = None) -> list[dict[str, Any]]:
+    def flush(self, ts: float, wall_ts: float | None = None) -> list[EmotionEvent]:
         """End every track (shutdown, camera removed): ``left`` for each that had appeared."""
         wall = time.time() if wall_ts is None else wall_ts
         events = [
@@ -263,7 +265,7 @@ class Tracker:
         what aggregate mode counts, without any id or box leaving the tracker."""
         return [self._tracks[tid].emotion for tid in sorted(self._tracks)]
 
-    def state(self) -> tuple[str, dict[str, Any]]:
+    def state(self) -> tuple[str, StateAttributes]:
         """The camera's retained state: ``(emotion, attributes)``.
 
         ``emotion`` is the established emotion of the most prominent live face (largest box
@@ -279,24 +281,24 @@ class Tracker:
         if with_emotion:
             best = max(with_emotion, key=lambda t: (_area(t.bbox), -t.track_id))
             emotion = best.emotion or "none"
-        attributes: dict[str, Any] = {
-            "faces": len(tracks),
-            "tracks": [
-                {
-                    "track_id": t.track_id,
-                    "emotion": t.emotion,
-                    "confidence": round(t.confidence, _ROUND) if t.emotion else None,
-                    "bbox": _xywh(t.bbox),
-                }
+        attributes = StateAttributes(
+            faces=len(tracks),
+            tracks=tuple(
+                TrackState(
+                    track_id=t.track_id,
+                    emotion=t.emotion,
+                    confidence=round(t.confidence, _ROUND) if t.emotion else None,
+                    bbox=_xywh(t.bbox),
+                )
                 for t in tracks
-            ],
-        }
+            ),
+        )
         return emotion, minimise_attributes(attributes, self.privacy)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _expire(self, ts: float, wall: float) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+    def _expire(self, ts: float, wall: float) -> list[EmotionEvent]:
+        events: list[EmotionEvent] = []
         timeout = self._settings.track_timeout_s
         for tid in sorted(self._tracks):
             track = self._tracks[tid]
@@ -320,7 +322,7 @@ class Tracker:
 
     def _observe(
         self, track: _Track, scores: Mapping[str, float], ts: float, wall: float
-    ) -> dict[str, Any] | None:
+    ) -> EmotionEvent | None:
         vec = self._vector(scores)
         if vec is None:
             return None
@@ -356,34 +358,33 @@ class Tracker:
 
     def _event(
         self,
-        kind: str,
+        kind: EventType,
         track: _Track,
         wall: float,
         *,
         duration_s: float,
         previous: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> EmotionEvent:
         smoothed = track.smoothed if track.smoothed is not None else np.zeros(len(self.labels))
         scores = {
             lab: round(float(smoothed[i]), _ROUND)
             for i, lab in enumerate(self.labels)
             if lab in self._seen
         }
-        event = {
-            "schema": 1,
-            "id": uuid.uuid4().hex,
-            "ts": iso_utc(wall),
-            "device": self.device_id,
-            "camera": self.camera_id,
-            "track_id": track.track_id,
-            "type": kind,
-            "emotion": track.emotion,
-            "confidence": round(track.confidence, _ROUND),
-            "scores": scores,
-            "previous": previous,
-            "bbox": _xywh(track.bbox),
-            "duration_s": round(max(duration_s, 0.0), 3),
-        }
+        event = EmotionEvent(
+            id=uuid.uuid4().hex,
+            ts=iso_utc(wall),
+            device=self.device_id,
+            camera=self.camera_id,
+            track_id=track.track_id,
+            type=kind,
+            emotion=track.emotion,
+            confidence=round(track.confidence, _ROUND),
+            scores=scores,
+            previous=previous,
+            bbox=_xywh(track.bbox),
+            duration_s=round(max(duration_s, 0.0), 3),
+        )
         return minimise_event(event, self.privacy)
 
 
@@ -396,6 +397,6 @@ def _area(b: tuple[float, float, float, float]) -> float:
     return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
 
 
-def _xywh(b: tuple[float, float, float, float]) -> list[int]:
+def _xywh(b: tuple[float, float, float, float]) -> BoxXYWH:
     x1, y1, x2, y2 = b
-    return [round(x1), round(y1), round(max(x2 - x1, 0.0)), round(max(y2 - y1, 0.0))]
+    return (round(x1), round(y1), round(max(x2 - x1, 0.0)), round(max(y2 - y1, 0.0)))

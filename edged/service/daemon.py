@@ -48,6 +48,7 @@ from edged.config import (
     merge_config,
     settings_data,
 )
+from edged.contracts.events import EmotionEvent
 from edged.errors import ConfigError, EdgedError
 from edged.models.detection.common import Limits
 from edged.models.loader import session_factory
@@ -658,10 +659,7 @@ class Daemon:
         key = json.dumps(
             [
                 emotion,
-                [
-                    (t["track_id"], t["emotion"], round(t["confidence"] or 0.0, 1))
-                    for t in attrs.get("tracks", [])
-                ],
+                [(t.track_id, t.emotion, round(t.confidence or 0.0, 1)) for t in attrs.tracks],
             ]
         )
         now = time.monotonic()
@@ -674,7 +672,7 @@ class Daemon:
         slot.last_state_key = key
         slot.last_state_at = now
 
-    async def _emit_events(self, cam_id: str, events: list[dict[str, Any]]) -> None:
+    async def _emit_events(self, cam_id: str, events: list[EmotionEvent]) -> None:
         """Spool (fsync, off the loop, in order) and log each event; none in aggregate mode
         (neither sent nor written to the log: a per-person record either way)."""
         if self.publisher is None or not per_person_allowed(self.settings.privacy):
@@ -683,16 +681,16 @@ class Daemon:
             try:
                 await self.publisher.publish_event_async(cam_id, event)
             except EdgedError as exc:  # spool unwritable: say so loudly, keep running
-                log.error("event_spool_failed", camera=cam_id, id=event.get("id"), error=str(exc))
+                log.error("event_spool_failed", camera=cam_id, id=event.id, error=str(exc))
                 continue
             log.info(
                 "emotion_event",
-                id=event.get("id"),
+                id=event.id,
                 camera=cam_id,
-                track_id=event.get("track_id"),
-                type=event.get("type"),
-                emotion=event.get("emotion"),
-                confidence=event.get("confidence"),
+                track_id=event.track_id,
+                type=event.type,
+                emotion=event.emotion,
+                confidence=event.confidence,
             )
 
     def _record_inference(self, pipeline: Pipeline, results: list[FrameResult]) -> None:
@@ -787,7 +785,7 @@ class Daemon:
         return out
 
     def heartbeat(self) -> dict[str, Any]:
-        mqtt = self.publisher.stats() if self.publisher else {}
+        mqtt = self.publisher.stats().to_json() if self.publisher else {}
         return {
             "schema": 1,
             "ts": iso_utc(time.time()),
@@ -804,7 +802,7 @@ class Daemon:
 
     def snapshot(self) -> dict[str, Any]:
         """What /health and /metrics read: cheap, taken on the loop, never blocks."""
-        mqtt = self.publisher.stats() if self.publisher else {"connected": False}
+        mqtt = self.publisher.stats().to_json() if self.publisher else {"connected": False}
         return {
             "uptime_s": time.monotonic() - self.rt.started,
             "version": __version__,

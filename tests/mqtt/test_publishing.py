@@ -22,6 +22,7 @@ import pytest
 from edged.config import Settings, build_settings
 from edged.errors import ConfigError, EdgedError, PublishError, SpoolError
 from edged.mqtt.publisher import Publisher, discovery_unique_id
+from tests.mqtt.payloads import attrs, event
 from tests.mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 DEVICE = "dev1"
@@ -78,8 +79,8 @@ def first_delivery_order(events: list[dict[str, Any]]) -> list[int]:
     """Event sequence numbers in order of first arrival (duplicates are allowed)."""
     seen: list[int] = []
     for ev in events:
-        if ev["seq"] not in seen:
-            seen.append(ev["seq"])
+        if ev["track_id"] not in seen:
+            seen.append(ev["track_id"])
     return seen
 
 
@@ -110,7 +111,7 @@ def test_online_is_retained_on_connect_and_clean_stop_publishes_retained_offline
     recorder.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
     status = retained_snapshot(mqtt_broker, f"{BASE}/status")
     assert (status.payload, status.retain) == (b"online", True)
-    assert pub.stats()["connected"] is True
+    assert pub.stats().connected is True
     pub.stop(timeout=3.0)
     recorder.wait_for(has_payload(f"{BASE}/status", b"offline"), what="offline")
     status = retained_snapshot(mqtt_broker, f"{BASE}/status")
@@ -122,11 +123,12 @@ import json, sys
 from edged.config import build_settings
 from edged.logs import configure_logging
 from edged.mqtt.publisher import Publisher
+from tests.mqtt.payloads import event
 configure_logging("warning", "json")
 pub = Publisher(build_settings(json.loads(sys.argv[1])))
 pub.start()
 for seq in range(int(sys.argv[2])):
-    pub.publish_event("door", {"seq": seq, "id": f"ev-{seq}"})
+    pub.publish_event("door", event(seq))
     print(seq, flush=True)
 print("ready", flush=True)
 sys.stdin.read()
@@ -193,15 +195,15 @@ def test_events_arrive_in_order_at_qos1_and_leave_the_spool_empty(
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker, protocol=protocol))
     for seq in range(60):
-        assert pub.publish_event("door", {"seq": seq, "type": "appeared"}) > 0
+        assert pub.publish_event("door", event(seq)) > 0
     msgs = recorder.wait_for(lambda m: len(events_on(m)) >= 60, what="60 events")
     got = events_on(msgs)
-    assert [e["seq"] for e in got] == list(range(60))
+    assert [e["track_id"] for e in got] == list(range(60))
     assert all(not m.retain for m in msgs if m.topic.endswith("/event"))
-    wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+    wait_until(lambda: pub.stats().spool_pending == 0, what="spool drained")
     stats = pub.stats()
-    assert stats["events_published"] == 60
-    assert stats["spool_dropped"] == 0
+    assert stats.events_published == 60
+    assert stats.spool_dropped == 0
 
 
 def test_events_published_before_the_broker_exists_are_sent_once_it_does(
@@ -210,15 +212,15 @@ def test_events_published_before_the_broker_exists_are_sent_once_it_does(
     broker = MosquittoBroker(tmp_path / "broker")
     pub = start(publishers, make_settings(tmp_path / "state", broker))  # nothing listening
     for seq in range(5):
-        pub.publish_event("door", {"seq": seq})
-    assert pub.stats()["connected"] is False
-    assert pub.stats()["spool_pending"] == 5
+        pub.publish_event("door", event(seq))
+    assert pub.stats().connected is False
+    assert pub.stats().spool_pending == 5
     broker.start()
     try:
         # Acknowledged by the broker (PUBACK) and only then removed from the spool.
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, 15, "spool drained")
-        assert pub.stats()["events_published"] == 5
-        assert pub.stats()["connected"] is True
+        wait_until(lambda: pub.stats().spool_pending == 0, 15, "spool drained")
+        assert pub.stats().events_published == 5
+        assert pub.stats().connected is True
     finally:
         broker.kill()
 
@@ -239,19 +241,19 @@ def test_outage_events_arrive_in_order_after_the_broker_restarts_on_the_same_por
         pub = start(publishers, make_settings(tmp_path / "state", broker, protocol=protocol))
         rec.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
         for seq in range(10):
-            pub.publish_event("door", {"seq": seq})
+            pub.publish_event("door", event(seq))
         broker.stop()
-        wait_until(lambda: not pub.stats()["connected"], what="publisher sees the outage")
+        wait_until(lambda: not pub.stats().connected, what="publisher sees the outage")
         for seq in range(10, 40):
-            pub.publish_event("door", {"seq": seq})
-        assert pub.stats()["spool_pending"] >= 30
+            pub.publish_event("door", event(seq))
+        assert pub.stats().spool_pending >= 30
         broker.start()
         msgs = rec.wait_for(
-            lambda m: set(range(40)) <= {e["seq"] for e in events_on(m)}, 20, "all 40 events"
+            lambda m: set(range(40)) <= {e["track_id"] for e in events_on(m)}, 20, "all 40 events"
         )
         assert first_delivery_order(events_on(msgs)) == list(range(40))
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
-        assert pub.stats()["reconnects"] >= 1
+        wait_until(lambda: pub.stats().spool_pending == 0, what="spool drained")
+        assert pub.stats().reconnects >= 1
     finally:
         rec.close()
         broker.kill()
@@ -280,7 +282,7 @@ def test_spooled_events_survive_a_publisher_kill_9_and_are_sent_by_the_next_one(
         pub = start(publishers, build_settings(data))
         msgs = rec.wait_for(lambda m: len(events_on(m)) >= 25, 15, "25 spooled events")
         assert first_delivery_order(events_on(msgs)) == list(range(25))
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+        wait_until(lambda: pub.stats().spool_pending == 0, what="spool drained")
     finally:
         rec.close()
         broker.kill()
@@ -293,9 +295,9 @@ def test_spool_bound_drops_oldest_events_during_an_outage_and_reports_it(
     data = settings_data(tmp_path / "state", broker, spool_max_events=5)
     pub = start(publishers, build_settings(data))
     for seq in range(12):
-        pub.publish_event("door", {"seq": seq})
+        pub.publish_event("door", event(seq))
     stats = pub.stats()
-    assert (stats["spool_pending"], stats["spool_dropped"]) == (5, 7)
+    assert (stats.spool_pending, stats.spool_dropped) == (5, 7)
     broker.start()
     rec = MqttRecorder(broker.host, broker.port, [f"{BASE}/#"])
     try:
@@ -304,7 +306,7 @@ def test_spool_bound_drops_oldest_events_during_an_outage_and_reports_it(
         pub2 = start(publishers, build_settings(data))
         msgs = rec.wait_for(lambda m: len(events_on(m)) >= 5, 15, "5 newest events")
         assert first_delivery_order(events_on(msgs)) == [7, 8, 9, 10, 11]
-        assert pub2.stats()["spool_dropped"] == 7  # persisted across the restart
+        assert pub2.stats().spool_dropped == 7  # persisted across the restart
     finally:
         rec.close()
         broker.kill()
@@ -320,17 +322,17 @@ def test_state_is_retained_and_republished_after_the_broker_lost_it(
     publishers: list[Publisher],
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
-    attrs = {"faces": 1, "people": [{"track_id": 3, "emotion": "happy", "confidence": 0.9}]}
-    pub.publish_state("door", "happy", attrs)
+    state = attrs(1, (3, "happy", 0.9))
+    pub.publish_state("door", "happy", state)
     recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="emotion")
     emotion = retained_snapshot(mqtt_broker, f"{BASE}/door/emotion")
     assert (emotion.payload, emotion.retain) == (b"happy", True)
     attributes = retained_snapshot(mqtt_broker, f"{BASE}/door/attributes")
-    assert json.loads(attributes.payload) == attrs and attributes.retain
+    assert json.loads(attributes.payload) == state.to_json() and attributes.retain
     # The broker keeps no persistence: a restart forgets every retained message.
     mqtt_broker.stop()
-    wait_until(lambda: not pub.stats()["connected"], what="publisher sees the outage")
-    pub.publish_state("door", "sad", {"faces": 1})  # changed while offline: latest wins
+    wait_until(lambda: not pub.stats().connected, what="publisher sees the outage")
+    pub.publish_state("door", "sad", attrs(1))  # changed while offline: latest wins
     mqtt_broker.start()
     recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"sad"), 15, "state re-published")
     emotion = retained_snapshot(mqtt_broker, f"{BASE}/door/emotion")
@@ -348,11 +350,11 @@ def test_unchanged_state_is_not_resent_on_the_same_connection(
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
     recorder.wait_for(has_payload(f"{BASE}/status", b"online"), what="online")
     for _ in range(3):
-        pub.publish_state("door", "neutral", {"faces": 0})
-    pub.publish_state("door", "happy", {"faces": 0})
+        pub.publish_state("door", "neutral", attrs(0))
+    pub.publish_state("door", "happy", attrs(0))
     recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="happy")
     assert recorder.payloads(f"{BASE}/door/emotion") == [b"neutral", b"happy"]
-    assert recorder.payloads(f"{BASE}/door/attributes") == [b'{"faces":0}']
+    assert recorder.payloads(f"{BASE}/door/attributes") == [b'{"faces":0,"tracks":[]}']
 
 
 def test_discovery_configs_are_retained_and_resent_when_homeassistant_comes_online(
@@ -394,7 +396,7 @@ def test_removed_camera_has_its_discovery_and_retained_state_cleared(
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
     pub.publish_discovery(["door", "hall"])
-    pub.publish_state("hall", "angry", {"faces": 1})
+    pub.publish_state("hall", "angry", attrs(1))
     hall_config = "homeassistant/sensor/edged_dev1_hall_emotion/config"
     recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b"angry"), what="hall state")
     recorder.wait_for(lambda m: any(x.topic == hall_config for x in m), what="hall config")
@@ -420,7 +422,7 @@ def test_heartbeat_arrives_not_retained(
     publishers: list[Publisher],
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
-    wait_until(lambda: pub.stats()["connected"], what="connected")
+    wait_until(lambda: pub.stats().connected, what="connected")
     assert pub.publish_heartbeat({"schema": 1, "uptime_s": 1.5}) is True
     msgs = recorder.wait_for(lambda m: any(x.topic == f"{BASE}/heartbeat" for x in m))
     beat = next(m for m in msgs if m.topic == f"{BASE}/heartbeat")
@@ -435,8 +437,8 @@ def test_heartbeat_and_config_result_report_false_while_disconnected(
     pub = start(publishers, make_settings(tmp_path / "state", broker))
     assert pub.publish_heartbeat({"schema": 1}) is False
     assert pub.publish_config_result(True, None) is False
-    wait_until(lambda: pub.stats()["last_error"] is not None, what="connect failure recorded")
-    assert str(broker.port) in pub.stats()["last_error"]
+    wait_until(lambda: pub.stats().last_error is not None, what="connect failure recorded")
+    assert str(broker.port) in pub.stats().last_error
 
 
 # -- remote configuration -----------------------------------------------------------------------
@@ -510,7 +512,7 @@ def test_username_and_password_file_authenticate_against_a_password_protected_br
             make_settings(tmp_path / "state", broker, username="edge", password_file=str(secret)),
         )
         rec.wait_for(has_payload(f"{BASE}/status", b"online"), what="online with password")
-        pub.publish_event("door", {"seq": 0})
+        pub.publish_event("door", event(0))
         rec.wait_for(lambda m: len(events_on(m)) == 1, what="event")
         rec.close()
     finally:
@@ -526,17 +528,17 @@ def test_reload_after_fixing_the_password_file_in_place_reconnects_with_the_new_
     settings = make_settings(tmp_path / "state", broker, username="edge", password_file=str(secret))
     try:
         pub = start(publishers, settings)
-        wait_until(lambda: pub.stats()["last_error"] is not None, what="refusal recorded")
-        assert pub.stats()["connected"] is False
+        wait_until(lambda: pub.stats().last_error is not None, what="refusal recorded")
+        assert pub.stats().connected is False
         secret.write_text("s3cret pass\n")  # same path, rotated content, then a reload
         pub.update_settings(
             make_settings(tmp_path / "state", broker, username="edge", password_file=str(secret))
         )
-        wait_until(lambda: pub.stats()["connected"] is True, what="connected with new secret")
+        wait_until(lambda: pub.stats().connected is True, what="connected with new secret")
         secret.unlink()  # a reload that cannot read the file is refused, the login is kept
         with pytest.raises(ConfigError, match="password_file"):
             pub.update_settings(settings)
-        assert pub.stats()["connected"] is True
+        assert pub.stats().connected is True
     finally:
         broker.kill()
 
@@ -549,10 +551,10 @@ def test_wrong_password_is_refused_and_reported_without_the_secret(
         pub = start(
             publishers, make_settings(tmp_path / "state", broker, username="edge", password="nope")
         )
-        wait_until(lambda: pub.stats()["last_error"] is not None, what="refusal recorded")
+        wait_until(lambda: pub.stats().last_error is not None, what="refusal recorded")
         stats = pub.stats()
-        assert stats["connected"] is False
-        assert "nope" not in str(stats["last_error"])
+        assert stats.connected is False
+        assert "nope" not in str(stats.last_error)
     finally:
         broker.kill()
 
@@ -652,7 +654,7 @@ def test_tls_with_a_client_certificate_connects_and_publishes(
             ),
         )
         rec.wait_for(has_payload(f"{BASE}/status", b"online"), what="online over TLS")
-        pub.publish_event("door", {"seq": 0})
+        pub.publish_event("door", event(0))
         rec.wait_for(lambda m: len(events_on(m)) == 1, what="event over TLS")
         rec.close()
     finally:
@@ -678,7 +680,7 @@ def test_update_settings_moves_to_another_broker_keeping_the_spool(
         pub.update_settings(make_settings(tmp_path / "state", other))
         recorder.wait_for(has_payload(f"{BASE}/status", b"offline"), what="offline on first")
         rec2.wait_for(has_payload(f"{BASE}/status", b"online"), what="online on second")
-        pub.publish_event("door", {"seq": 0})
+        pub.publish_event("door", event(0))
         rec2.wait_for(lambda m: len(events_on(m)) == 1, what="event on second")
         rec2.close()
     finally:
@@ -710,13 +712,13 @@ def test_a_reload_whose_client_cannot_be_built_is_refused_and_the_old_connection
             make_settings(tmp_path / "state", mqtt_broker, spool_max_events=5, **bad)
         )
     assert pub.connected
-    pub.publish_event("door", {"seq": 0})
+    pub.publish_event("door", event(0))
     msgs = recorder.wait_for(lambda m: len(events_on(m)) == 1, what="event after refusal")
     assert b"offline" not in [m.payload for m in msgs if m.topic == f"{BASE}/status"]
     for seq in range(1, 8):  # the refused reload's spool bound (5) was not applied either
-        pub.publish_event("door", {"seq": seq})
+        pub.publish_event("door", event(seq))
     recorder.wait_for(lambda m: len(events_on(m)) == 8, what="events after refusal")
-    assert pub.stats()["spool_dropped"] == 0
+    assert pub.stats().spool_dropped == 0
     # The same publisher still reloads normally afterwards.
     pub.update_settings(make_settings(tmp_path / "state", mqtt_broker, client_id="renamed"))
     recorder.wait_for(has_payload(f"{BASE}/status", b"offline"), what="offline on reconnect")
@@ -748,9 +750,9 @@ def test_state_and_discovery_calls_return_while_another_thread_holds_the_spool_l
         assert held.wait(5)
         began = time.monotonic()
         # Each of these makes this device own a new retained topic (a spool write).
-        pub.publish_state("door", "happy", {"faces": 1})
+        pub.publish_state("door", "happy", attrs(1))
         pub.publish_discovery(["door", "hall"])
-        pub.publish_state("hall", "sad", {"faces": 2})
+        pub.publish_state("hall", "sad", attrs(2))
         pub.publish_discovery(["door"])  # hall's topics cleared: another owned change
         assert pub.publish_heartbeat({"uptime_s": 1}) is True
         assert pub.publish_config_result(True, None) is True
@@ -794,7 +796,7 @@ def test_owned_topics_that_fail_to_save_are_saved_again_by_the_sender(
         real_set_value(key, value)
 
     monkeypatch.setattr(pub.spool, "set_value", flaky_set_value)
-    pub.publish_state("door", "happy", {"faces": 1})
+    pub.publish_state("door", "happy", attrs(1))
     recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="state published")
 
     def owned() -> set[str]:
@@ -815,13 +817,16 @@ def test_numpy_values_in_events_are_serialised_as_plain_json(tmp_path: Path) -> 
     broker = MosquittoBroker(tmp_path / "broker")  # never started: the event just spools
     pub = Publisher(make_settings(tmp_path / "state", broker))
     try:
-        event = {"confidence": np.float32(0.5), "bbox": np.array([1, 2, 3, 4]), "id": "e1"}
-        pub.publish_event("door", event)
+        numpy_event = event(
+            1, confidence=np.float32(0.5), scores={"happy": np.float64(0.5)}, id="e1"
+        )
+        pub.publish_event("door", numpy_event)
         (row,) = pub.spool.peek(1)
         assert row.topic == f"{BASE}/door/event"
-        assert json.loads(row.payload) == {"confidence": 0.5, "bbox": [1, 2, 3, 4], "id": "e1"}
+        body = json.loads(row.payload)
+        assert (body["confidence"], body["scores"], body["id"]) == (0.5, {"happy": 0.5}, "e1")
         with pytest.raises(PublishError, match="not JSON serialisable"):
-            pub.publish_event("door", {"bad": object()})
+            pub.publish_event("door", event(2, emotion=object()))
     finally:
         pub.stop(timeout=0.5)
 
@@ -832,9 +837,9 @@ def test_camera_ids_that_would_break_topics_are_refused(tmp_path: Path, camera: 
     pub = Publisher(make_settings(tmp_path / "state", broker))
     try:
         with pytest.raises(PublishError, match="topic level"):
-            pub.publish_event(camera, {"id": "x"})
+            pub.publish_event(camera, event(1))
         with pytest.raises(PublishError, match="topic level"):
-            pub.publish_state(camera, "happy", {})
+            pub.publish_state(camera, "happy", attrs(0))
         assert pub.spool.pending() == 0
     finally:
         pub.stop(timeout=0.5)
@@ -848,9 +853,9 @@ async def test_publish_event_async_spools_in_call_order_off_the_event_loop(tmp_p
     broker = MosquittoBroker(tmp_path / "broker")  # never started
     pub = Publisher(make_settings(tmp_path / "state", broker))
     try:
-        ids = [await pub.publish_event_async("door", {"seq": seq}) for seq in range(20)]
+        ids = [await pub.publish_event_async("door", event(seq)) for seq in range(20)]
         assert ids == sorted(ids)
-        assert [json.loads(r.payload)["seq"] for r in pub.spool.peek(50)] == list(range(20))
+        assert [json.loads(r.payload)["track_id"] for r in pub.spool.peek(50)] == list(range(20))
     finally:
         pub.stop(timeout=0.5)
 
@@ -863,11 +868,11 @@ def test_stop_without_a_broker_keeps_spooled_events_for_the_next_start(
     pub = Publisher(settings)
     pub.start()
     for seq in range(3):
-        pub.publish_event("door", {"seq": seq})
+        pub.publish_event("door", event(seq))
     pub.stop(timeout=0.5)
     again = Publisher(settings)
     try:
-        assert [json.loads(r.payload)["seq"] for r in again.spool.peek(10)] == [0, 1, 2]
+        assert [json.loads(r.payload)["track_id"] for r in again.spool.peek(10)] == [0, 1, 2]
     finally:
         again.stop(timeout=0.5)
 
@@ -891,13 +896,13 @@ def test_events_in_flight_when_the_publisher_is_killed_are_resent_by_the_next_on
         kill_9(proc)
     pub = start(publishers, build_settings(data))
     msgs = recorder.wait_for(
-        lambda m: set(range(acknowledged)) <= {e["seq"] for e in events_on(m)},
+        lambda m: set(range(acknowledged)) <= {e["track_id"] for e in events_on(m)},
         30,
         f"the {acknowledged} events the killed publisher had spooled",
     )
     order = first_delivery_order(events_on(msgs))
     assert order == list(range(len(order)))  # in order, no gap (maybe a few more than 200)
-    wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+    wait_until(lambda: pub.stats().spool_pending == 0, what="spool drained")
 
 
 def test_switching_homeassistant_off_by_reload_empties_the_discovery_configs(
@@ -933,7 +938,7 @@ def test_a_camera_removed_while_the_daemon_was_down_is_cleared_after_restart(
     settings = make_settings(tmp_path, mqtt_broker)
     first = start(publishers, settings)
     first.publish_discovery(["door", "hall"])
-    first.publish_state("hall", "angry", {"faces": 1})
+    first.publish_state("hall", "angry", attrs(1))
     hall_config = "homeassistant/sensor/edged_dev1_hall_emotion/config"
     recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b"angry"), what="hall state")
     recorder.wait_for(lambda m: any(x.topic == hall_config for x in m), what="hall config")
@@ -967,13 +972,13 @@ def test_events_the_broker_refuses_under_mqtt5_are_counted_and_do_not_block_the_
     broker.start()
     try:
         pub = start(publishers, make_settings(tmp_path / "state", broker, protocol="5"))
-        wait_until(lambda: pub.stats()["connected"], what="connected")
+        wait_until(lambda: pub.stats().connected, what="connected")
         for seq in range(3):
-            pub.publish_event("door", {"seq": seq})
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="refused rows leave the spool")
+            pub.publish_event("door", event(seq))
+        wait_until(lambda: pub.stats().spool_pending == 0, what="refused rows leave the spool")
         stats = pub.stats()
-        assert (stats["events_rejected"], stats["events_published"]) == (3, 0)
-        assert "rejected" in str(stats["last_error"])
+        assert (stats.events_rejected, stats.events_published) == (3, 0)
+        assert "rejected" in str(stats.last_error)
     finally:
         broker.kill()
 
@@ -990,24 +995,24 @@ def test_events_produced_continuously_through_a_broker_restart_arrive_in_order(
     try:
         rec.wait_subscribed()
         pub = start(publishers, make_settings(tmp_path / "state", broker))
-        wait_until(lambda: pub.stats()["connected"], what="connected")
+        wait_until(lambda: pub.stats().connected, what="connected")
 
         def produce() -> None:
             for seq in range(total):
-                pub.publish_event("door", {"seq": seq})
+                pub.publish_event("door", event(seq))
 
         producer = threading.Thread(target=produce)
         producer.start()
         rec.wait_for(lambda m: len(events_on(m)) >= 50, what="first 50 events")
         broker.stop()  # events are in flight and still being produced
-        wait_until(lambda: not pub.stats()["connected"], what="publisher sees the outage")
+        wait_until(lambda: not pub.stats().connected, what="publisher sees the outage")
         broker.start()
         producer.join()
         msgs = rec.wait_for(
-            lambda m: set(range(total)) <= {e["seq"] for e in events_on(m)}, 30, "all events"
+            lambda m: set(range(total)) <= {e["track_id"] for e in events_on(m)}, 30, "all events"
         )
         assert first_delivery_order(events_on(msgs)) == list(range(total))
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, what="spool drained")
+        wait_until(lambda: pub.stats().spool_pending == 0, what="spool drained")
     finally:
         rec.close()
         broker.kill()

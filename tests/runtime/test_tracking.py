@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edged.config import SmoothingSettings
+from edged.contracts.events import EmotionEvent, StateAttributes
 from edged.runtime.tracking import Tracker, greedy_match, iou_matrix
 
 SEVEN = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
@@ -58,10 +59,17 @@ def settings(**kw: Any) -> SmoothingSettings:
 
 
 def run(tracker: Tracker, frames: Sequence[tuple[float, Sequence[Face]]]) -> list[dict[str, Any]]:
+    """The events the frames cause, as they go on the wire (``to_json``)."""
     events: list[dict[str, Any]] = []
     for ts, faces in frames:
-        events.extend(tracker.update(faces, ts, WALL0 + ts))
+        events.extend(e.to_json() for e in tracker.update(faces, ts, WALL0 + ts))
     return events
+
+
+def state(tracker: Tracker) -> tuple[str, dict[str, Any]]:
+    """The retained state with its attributes as they go on the wire."""
+    emotion, attrs = tracker.state()
+    return emotion, attrs.to_json()
 
 
 BOX = (100.0, 100.0, 200.0, 220.0)
@@ -80,7 +88,7 @@ def test_ids_stay_stable_for_two_faces_moving_across_frames() -> None:
         b = Face((500.0 - 5 * i, 60.0 + 2 * i, 590.0 - 5 * i, 160.0 + 2 * i), dist("sad"))
         # Detector order varies between frames; the ids must not.
         tracker.update([a, b] if i % 2 else [b, a], ts=i * 0.1, wall_ts=WALL0)
-        tracks = tracker.state()[1]["tracks"]
+        tracks = state(tracker)[1]["tracks"]
         assert len(tracks) == 2
         by_x = sorted(tracks, key=lambda t: t["bbox"][0])
         pairs.add((by_x[0]["track_id"], by_x[1]["track_id"]))
@@ -111,7 +119,7 @@ def test_face_unseen_for_track_timeout_leaves_with_its_lifetime() -> None:
     tracker = Tracker(settings(track_timeout_s=2.0, min_dwell_s=0.5), "door", "dev")
     run(tracker, steady("happy", 0.0, 3.0))
     assert run(tracker, [(4.9, [])]) == []  # 1.9 s unseen: still there
-    assert tracker.state()[1]["faces"] == 1
+    assert state(tracker)[1]["faces"] == 1
     events = run(tracker, [(5.0, [])])
     assert len(events) == 1
     left = events[0]
@@ -119,7 +127,7 @@ def test_face_unseen_for_track_timeout_leaves_with_its_lifetime() -> None:
     assert left["emotion"] == "happy"
     assert left["duration_s"] == pytest.approx(3.0)
     assert left["bbox"] == [100, 100, 100, 120]
-    assert tracker.state() == ("none", {"faces": 0, "tracks": []})
+    assert state(tracker) == ("none", {"faces": 0, "tracks": []})
 
 
 def test_a_track_that_never_established_an_emotion_leaves_silently() -> None:
@@ -165,10 +173,10 @@ def test_a_change_below_min_confidence_is_not_reported() -> None:
     ]
     strict = Tracker(settings(min_confidence=0.4), "door", "dev")
     assert [e["type"] for e in run(strict, frames)] == ["appeared"]
-    assert strict.state()[0] == "neutral"
+    assert state(strict)[0] == "neutral"
     lenient = Tracker(settings(min_confidence=0.3), "door", "dev")
     assert [e["type"] for e in run(lenient, frames)] == ["appeared", "changed"]
-    assert lenient.state()[0] == "sad"
+    assert state(lenient)[0] == "sad"
 
 
 def test_ema_weights_the_newest_frame_by_alpha() -> None:
@@ -235,7 +243,7 @@ def test_state_reports_the_largest_face_with_an_emotion() -> None:
     small = Face((0.0, 0.0, 50.0, 50.0), dist("angry"))
     large = Face((200.0, 0.0, 400.0, 200.0), dist("happy"))
     tracker.update([small, large], 0.0, WALL0)
-    emotion, attrs = tracker.state()
+    emotion, attrs = state(tracker)
     assert emotion == "happy"
     assert attrs["faces"] == 2
     assert [(t["track_id"], t["emotion"], t["bbox"]) for t in attrs["tracks"]] == [
@@ -248,7 +256,7 @@ def test_state_reports_the_largest_face_with_an_emotion() -> None:
 def test_faces_without_scores_are_counted_but_make_no_events() -> None:
     tracker = Tracker(settings(min_dwell_s=0.0), "door", "dev")
     assert run(tracker, [(0.0, [Face(BOX)]), (0.1, [Face(BOX)])]) == []
-    emotion, attrs = tracker.state()
+    emotion, attrs = state(tracker)
     assert emotion == "none"
     assert attrs["tracks"][0]["emotion"] is None and attrs["faces"] == 1
 
@@ -259,7 +267,7 @@ def test_flush_ends_every_track_that_appeared() -> None:
     b = Face((200.0, 0.0, 300.0, 100.0), dist("sad"))
     tracker.update([a, b], 0.0, WALL0)
     tracker.update([a, b], 1.5, WALL0)
-    events = tracker.flush(2.0, WALL0 + 2)
+    events = [e.to_json() for e in tracker.flush(2.0, WALL0 + 2)]
     assert [(e["type"], e["track_id"], e["emotion"]) for e in events] == [
         ("left", 1, "happy"),
         ("left", 2, "sad"),
@@ -273,7 +281,7 @@ def test_configure_keeps_tracks_and_their_emotion() -> None:
     run(tracker, steady("happy", 0.0, 0.5))
     tracker.configure(settings(method="window", window=4, min_dwell_s=0.0))
     assert run(tracker, steady("happy", 0.6, 1.0)) == []
-    assert tracker.state()[0] == "happy" and tracker.track_ids == [1]
+    assert state(tracker)[0] == "happy" and tracker.track_ids == [1]
 
 
 def test_greedy_match_pairs_highest_overlap_first_and_respects_threshold() -> None:
@@ -293,3 +301,16 @@ def test_a_frame_older_than_the_last_update_does_not_rewind_time() -> None:
     # ... so its dwell runs from 3.5: nothing at 4.4, appeared at 4.5.
     assert run(tracker, [(4.4, [Face(BOX, dist("sad"))])]) == []
     assert [e["type"] for e in run(tracker, [(4.5, [Face(BOX, dist("sad"))])])] == ["appeared"]
+
+
+def test_events_and_state_are_typed_and_serialise_in_contract_key_order() -> None:
+    tracker = Tracker(settings(min_dwell_s=0.0), "door", "dev")
+    (event,) = tracker.update([Face(BOX, dist("happy"))], 0.0, WALL0)
+    assert isinstance(event, EmotionEvent) and event.type == "appeared"
+    assert list(event.to_json()) == [
+        "schema", "id", "ts", "device", "camera", "track_id", "type",
+        "emotion", "confidence", "scores", "previous", "bbox", "duration_s",
+    ]  # fmt: skip
+    emotion, attrs = tracker.state()
+    assert isinstance(attrs, StateAttributes) and emotion == "happy"
+    assert list(attrs.to_json()["tracks"][0]) == ["track_id", "emotion", "confidence", "bbox"]

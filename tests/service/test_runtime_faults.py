@@ -152,9 +152,9 @@ def test_a_tls_failure_is_logged_and_reported_with_its_reason(
                 publishers, make_settings(tmp_path / "state", broker, tls_ca=str(ours["ca"]))
             )
             wait_until(
-                lambda: str(pub.stats()["last_error"]).startswith(prefix), 20, "a reason recorded"
+                lambda: str(pub.stats().last_error).startswith(prefix), 20, "a reason recorded"
             )
-        error = str(pub.stats()["last_error"])
+        error = str(pub.stats().last_error)
         reason = error.removeprefix(prefix)
         if listener == "tls-other-ca":
             assert reason.startswith("TLS: certificate verify failed: "), error
@@ -162,7 +162,7 @@ def test_a_tls_failure_is_logged_and_reported_with_its_reason(
             assert reason and "None" not in reason, error
         failed = [e for e in logs if e["event"] == "mqtt_connect_failed"]
         assert failed and failed[0]["reason"] == reason, failed
-        report = evaluate_health({"models": {"yunet": "cpu"}, "mqtt": pub.stats()}, 10.0)
+        report = evaluate_health({"models": {"yunet": "cpu"}, "mqtt": pub.stats().to_json()}, 10.0)
         assert report.status == "degraded"
         assert report.reasons == [f"mqtt disconnected: {error}"]
     finally:

@@ -29,6 +29,7 @@ from edged.mqtt.spool import Spool
 from edged.privacy import Aggregator, check_remote_privacy, minimise_spooled_event
 from edged.runtime.tracking import Tracker
 from edged.service.daemon import Daemon
+from tests.mqtt.payloads import attrs, event
 from tests.mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 from tests.runtime.test_tracking import BOX, WALL0, Face, dist, run, settings, steady
 from tests.service.test_daemon import (  # noqa: F401 (daemons, scene: fixtures)
@@ -54,9 +55,9 @@ def privacy(**kw: Any) -> PrivacySettings:
 def _events_and_state(p: PrivacySettings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     tracker = Tracker(settings(min_dwell_s=0.5), "door", "dev", privacy=p)
     events = run(tracker, steady("happy", 0.0, 1.0) + steady("sad", 1.1, 2.5))
-    attrs = tracker.state()[1]
+    attributes = tracker.state()[1].to_json()
     events += run(tracker, [(10.0, [])])  # left
-    return events, attrs
+    return events, attributes
 
 
 def test_default_events_and_attributes_carry_boxes_and_scores() -> None:
@@ -333,13 +334,13 @@ def test_events_older_than_spool_max_age_are_dropped_not_sent_after_an_outage(
         pub = Publisher(_settings(state, mqtt_broker, spool_max_age_s=600))
         publishers.append(pub)
         pub.start()
-        pub.publish_event("door", {"seq": 99})
+        pub.publish_event("door", event(99))
         msgs = rec.wait_for(lambda ms: bool(ms), 15, "the fresh event")
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, 15, "spool drained")
-        assert [json.loads(m.payload)["seq"] for m in rec.messages] == [99]
+        wait_until(lambda: pub.stats().spool_pending == 0, 15, "spool drained")
+        assert [json.loads(m.payload)["track_id"] for m in rec.messages] == [99]
         assert msgs
         stats = pub.stats()
-        assert (stats["spool_dropped"], stats["spool_expired"]) == (3, 3)
+        assert (stats.spool_dropped, stats.spool_expired) == (3, 3)
     finally:
         rec.close()
 
@@ -374,7 +375,7 @@ def test_switching_to_aggregate_empties_retained_state_and_refuses_per_person_pa
         publishers.append(pub)
         pub.start()
         pub.publish_discovery(["door"])
-        pub.publish_state("door", "happy", {"faces": 1, "tracks": [{"track_id": 1}]})
+        pub.publish_state("door", "happy", attrs(1, (1, None, None)))
         rec.wait_for(
             lambda ms: any(m.topic == f"{BASE}/door/attributes" and m.payload for m in ms),
             15,
@@ -402,8 +403,8 @@ def test_switching_to_aggregate_empties_retained_state_and_refuses_per_person_pa
         assert config["value_template"] == "{{ value_json.faces }}"
         assert config["expire_after"] == 180
         rec.clear()
-        assert pub.publish_event("door", {"track_id": 1, "type": "appeared"}) == 0
-        pub.publish_state("door", "sad", {"faces": 1, "tracks": [{"track_id": 1}]})
+        assert pub.publish_event("door", event(1)) == 0
+        pub.publish_state("door", "sad", attrs(1, (1, None, None)))
         agg = Aggregator("door", DEVICE, aggregate.privacy, now=0.0)
         agg.observe(["happy", "sad"])
         report = agg.report(60.0, "2026-01-01T00:01:00.000Z")
@@ -412,7 +413,7 @@ def test_switching_to_aggregate_empties_retained_state_and_refuses_per_person_pa
         msgs = rec.wait_for(
             lambda ms: any(m.topic == f"{BASE}/door/aggregate" for m in ms), 15, "aggregate"
         )
-        wait_until(lambda: pub.stats()["spool_pending"] == 0, 15, "spool drained")
+        wait_until(lambda: pub.stats().spool_pending == 0, 15, "spool drained")
         got = [m for m in rec.messages if m.topic.startswith(f"{BASE}/door/")]
         assert [m.topic for m in got] == [f"{BASE}/door/aggregate"], got
         assert not msgs[-1].retain

@@ -1,0 +1,66 @@
+"""Inbound MQTT: which topics edged subscribes to and where each message goes.
+
+Handlers are plain callables, so the transport knows nothing of reloads or discovery:
+``config/set`` goes to the daemon's hook (raw bytes), Home Assistant's birth message
+(``<ha prefix>/status`` = ``online``) to whoever re-sends discovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+import structlog
+
+from edged.mqtt.topics import STATUS_ONLINE, Topics
+
+log = structlog.get_logger(__name__)
+
+
+class Router:
+    """Subscriptions and dispatch of inbound messages. Called on paho's network thread.
+
+    ``on_config_set`` may be replaced at any time; the subscription to ``config/set``
+    exists only while it is set (taken at the next connection).
+    """
+
+    def __init__(
+        self,
+        on_config_set: Callable[[bytes], None] | None,
+        on_homeassistant_online: Callable[[], None],
+    ) -> None:
+        self.on_config_set = on_config_set
+        self._on_ha_online = on_homeassistant_online
+
+    def subscriptions(self, topics: Topics, homeassistant: bool) -> list[tuple[str, int]]:
+        """What to subscribe to on a new connection (QoS 1 each)."""
+        subs: list[tuple[str, int]] = []
+        if self.on_config_set is not None:
+            subs.append((topics.config_set, 1))
+        if homeassistant:
+            subs.append((topics.ha_status, 1))
+        return subs
+
+    def dispatch(self, topics: Topics, msg: mqtt.MQTTMessage) -> None:
+        """Hand one inbound message to its handler; a faulty handler is logged, not raised
+        (paho's thread must survive it)."""
+        if msg.topic == topics.ha_status:
+            if msg.payload.strip() == STATUS_ONLINE.encode():
+                self._on_ha_online()
+            return
+        if msg.topic != topics.config_set:
+            return
+        if msg.retain:
+            log.warning(
+                "config_set_retained_ignored",
+                topic=msg.topic,
+                note="publish config/set without the retain flag",
+            )
+            return
+        hook = self.on_config_set
+        if hook is None:
+            return
+        try:
+            hook(bytes(msg.payload))
+        except Exception as exc:  # the paho thread must survive a faulty hook
+            log.exception("config_set_hook_failed", error=str(exc))
