@@ -183,7 +183,7 @@ def class_weights(train_labels: np.ndarray, power: float, classes: int = NUM_CLA
     (the LR keeps its meaning); the rare classes (disgust: 1.5 % of FER2013) count more."""
     share = np.bincount(train_labels, minlength=classes).astype(np.float64)
     share = np.maximum(share, 1) / share.sum()
-    cw = share**-power
+    cw: np.ndarray = share**-power
     cw /= (cw[train_labels]).mean()
     return cw
 
@@ -219,7 +219,7 @@ def augment(
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
     )
-    grid = nnf.affine_grid(theta, (n, 1, crop, crop), align_corners=False)
+    grid = nnf.affine_grid(theta, [n, 1, crop, crop], align_corners=False)
     x = nnf.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # brightness / contrast jitter around the image mean
     c = unif(0.75, 1.25).view(n, 1, 1, 1)
@@ -295,10 +295,11 @@ def _jpeg(xb: Any, sel: list[int], quality: int) -> Any:
     import torch
 
     arr = (xb[sel, 0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    dec = [
-        cv2.imdecode(cv2.imencode(".jpg", a_, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], 0)
-        for a_ in arr
-    ]
+    dec = []
+    for a_ in arr:
+        img = cv2.imdecode(cv2.imencode(".jpg", a_, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], 0)
+        assert img is not None  # a buffer cv2 just encoded decodes
+        dec.append(img)
     xb = xb.clone()
     xb[sel, 0] = torch.from_numpy(np.stack(dec)).to(xb.device).float() / 255
     return xb

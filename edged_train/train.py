@@ -117,10 +117,11 @@ class EmotionTrainer:
         self.run, self.split, self.net, self.teacher, self.widths = run, split, net, teacher, widths
         self.ema = torch.optim.swa_utils.AveragedModel(
             net,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),  # type: ignore[no-untyped-call]
             use_buffers=True,
         )
-        decay, no_decay = [], []
+        decay: list[Any] = []
+        no_decay: list[Any] = []
         for _n, p_ in net.named_parameters():
             (no_decay if p_.ndim <= 1 else decay).append(p_)
         self.opt = torch.optim.SGD(
