@@ -24,8 +24,9 @@ Training: AdamW, linear warm-up then cosine, augmentation (mirror, rotation, sca
 brightness/contrast; ``--camera-aug`` adds train_emotion's camera look), optional FER+
 soft targets (``--soft-targets``) and class-balanced loss (``--class-balance``), a seeded
 stratified 10 % validation split, the best checkpoint by validation mean per-class recall,
-and ``--time-budget-min`` to fit a wall-clock budget. The helpers are train_emotion's
-(``ferplus_soft``, ``stratified_split``, ``camera_augment``, ``sha256_file``).
+and ``--time-budget-min`` to fit a wall-clock budget (warm-up included). Data, split, class
+weights, camera augmentation, LR schedule, budget and epoch loop are ``edged_train``'s, the
+package behind ``tools/train_emotion.py``.
 
 Outputs in ``--out`` (itself a models directory in the seed layout)::
 
@@ -44,13 +45,11 @@ Typical use
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,17 +58,23 @@ from typing import Any
 import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
+for _path in (TOOLS, TOOLS.parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import efficientvit_m5 as evit  # noqa: E402
-from train_emotion import (  # noqa: E402
+
+from edged_train.data import (  # noqa: E402
     FER_CLASSES,
+    Dataset,
     camera_augment,
-    ferplus_soft,
-    sha256_file,
+    class_weights,
+    load_npz,
     stratified_split,
 )
+from edged_train.data import sha256_file as sha256_file  # noqa: E402
+from edged_train.loop import Budget, MetricsCsv, Schedule, run_epochs  # noqa: E402
+from edged_train.sidecar import git_rev  # noqa: E402
 
 #: FER2013 class index (angry, disgust, fear, happy, neutral, sad, surprise) -> column of the
 #: HSEmotion-8 head (Anger, Contempt, Disgust, Fear, Happiness, Neutral, Sadness, Surprise).
@@ -205,36 +210,201 @@ def metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
-def git_rev() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=TOOLS, check=False
+def targets(args: argparse.Namespace, data: Dataset, log: Any) -> np.ndarray:
+    """8-column target distributions; smoothing (and FER+ votes) over the 7 trained columns
+    (contempt's target stays 0)."""
+    onehot7 = np.eye(7, dtype=np.float32)[data.labels]
+    if data.soft is not None and data.soft_valid is not None:
+        w = np.where(data.soft_valid[:, None], args.soft_weight, 0.0).astype(np.float32)
+        onehot7 = (1 - w) * onehot7 + w * data.soft
+        log(f"soft targets: FER+ weight {args.soft_weight} on {int(data.soft_valid.sum())} images")
+    t7 = onehot7 * (1 - args.label_smoothing) + args.label_smoothing / 7
+    target = np.zeros((len(data.labels), NUM_CLASSES), np.float32)
+    target[:, FER_TO_HEAD] = t7
+    return target
+
+
+def head_class_weights(train_labels: np.ndarray, power: float) -> np.ndarray:
+    """edged_train's class weights (train_emotion --class-balance) on the head's columns;
+    contempt, never trained, keeps weight 1."""
+    cw8 = np.ones(NUM_CLASSES)
+    cw8[FER_TO_HEAD] = class_weights(train_labels, power)
+    return cw8
+
+
+class EvitTrainer:
+    """One run's state: data tensors on the device, model, optimiser, schedule, best."""
+
+    def __init__(self, args: argparse.Namespace, run: dict[str, Any], data: Dataset) -> None:
+        import torch
+
+        self.args, self.log, dev = args, run["log"], run["dev"]
+        self.dev, self.size, self.use_bf16 = dev, run["size"], run["bf16"]
+        self.autocast_dev = "cuda" if run["cuda"] else "cpu"
+        self.tr_idx, self.va_idx = stratified_split(data.labels, args.val_fraction, args.seed)
+        self.log(
+            f"data: {len(data.images)} images, train {len(self.tr_idx)}, val {len(self.va_idx)},"
+            f" FER counts {np.bincount(data.labels, minlength=7).tolist()}; contempt (head "
+            "column 1) has no examples"
         )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
+        head_labels = np.asarray(FER_TO_HEAD)[data.labels]
+        self.x_all = torch.from_numpy(np.ascontiguousarray(data.images)).unsqueeze(1).to(dev)
+        self.t_all = torch.from_numpy(targets(args, data, self.log)).to(dev)
+        self.y_all = torch.from_numpy(head_labels).to(dev)
+        self.y_val = head_labels[self.va_idx]
+        self.mean = torch.tensor(evit.MEAN, device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(evit.STD, device=dev).view(1, 3, 1, 1)
+        self.class_w = None
+        if args.class_balance > 0:
+            cw8 = head_class_weights(data.labels[self.tr_idx], args.class_balance)
+            self.class_w = torch.tensor(cw8, dtype=torch.float32, device=dev)
+            self.log(
+                f"class-balanced loss (power {args.class_balance}): FER weights "
+                f"{np.round(cw8[FER_TO_HEAD], 2)}"
+            )
+        self.model = evit.build(NUM_CLASSES, self.size, args.drop_path, args.dropout).to(dev)
+        self.opt = self._optimizer()
+        steps = max(1, len(self.tr_idx) // args.batch_size)  # last partial batch dropped
+        self.schedule = Schedule(args.lr, args.warmup_epochs, steps, args.epochs, args.min_lr)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.step = 0
+        self.best: dict[str, Any] = {"mean_recall": -1.0}
+
+    def _optimizer(self) -> Any:
+        import torch
+
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for n_, p_ in self.model.named_parameters():
+            (no_decay if p_.ndim <= 1 or "attention_biases" in n_ else decay).append(p_)
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.args.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.args.lr,
+            betas=(0.9, 0.999),
+        )
+
+    def predict(self, idx: np.ndarray, fast: bool) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            self.model.eval()
+            preds = []
+            for i in range(0, len(idx), 256):
+                xb = resize(self.x_all[idx[i : i + 256]].float().div_(255), self.size)
+                with torch.autocast(self.autocast_dev, dtype=torch.bfloat16, enabled=fast):
+                    z = self.model(to_input(xb, self.mean, self.std))
+                preds.append(z.float().argmax(1).cpu())
+            return torch.cat(preds).numpy()
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        import torch
+        from torch.nn import functional as nnf
+
+        a, bs = self.args, self.args.batch_size
+        self.model.train()
+        perm = self.tr_idx[torch.randperm(len(self.tr_idx), generator=self.gen).numpy()]
+        tot_loss = tot_ok = tot_n = 0.0
+        for i in range(0, self.schedule.steps_per_epoch * bs, bs):
+            bi = torch.from_numpy(perm[i : i + bs]).to(self.dev)
+            if len(bi) < 2:  # BatchNorm needs two samples (only with --limit tiny)
+                continue
+            xb = self.x_all[bi].float().div_(255)
+            if a.camera_aug:
+                xb = camera_augment(xb, self.gen)
+            xb = augment(xb, self.size, self.gen, a.rot_deg, a.scale_jitter, a.shift)
+            xb = to_input(xb, self.mean, self.std)
+            for g in self.opt.param_groups:
+                g["lr"] = self.schedule.lr_at(self.step)
+            with torch.autocast(self.autocast_dev, dtype=torch.bfloat16, enabled=self.use_bf16):
+                logits = self.model(xb)
+            logits = logits.float()
+            per = -(self.t_all[bi] * nnf.log_softmax(logits, 1)).sum(1)
+            yb = self.y_all[bi]
+            loss = (per * self.class_w[yb]).mean() if self.class_w is not None else per.mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            tot_loss += loss.item() * len(bi)
+            tot_ok += (logits.argmax(1) == yb).sum().item()
+            tot_n += len(bi)
+        return tot_loss / max(tot_n, 1), tot_ok / max(tot_n, 1)
+
+    def end_epoch(self, epoch: int, stats: tuple[float, float], te: float) -> None:
+        """Validation by mean per-class recall, the CSV row, checkpoints (last, best)."""
+        import torch
+
+        val = metrics(self.predict(self.va_idx, self.use_bf16), self.y_val)
+        elapsed = time.time() - self.t_start
+        lr, (loss, acc) = self.schedule.lr_at(self.step - 1), stats
+        self.csv.row(
+            [
+                epoch,
+                self.schedule.epochs,
+                f"{lr:.6f}",
+                f"{loss:.4f}",
+                f"{acc:.4f}",
+                f"{val['accuracy']:.4f}",
+                f"{val['mean_recall']:.4f}",
+                f"{te:.1f}",
+                f"{elapsed:.0f}",
+            ]
+        )
+        self.log(
+            f"epoch {epoch}/{self.schedule.epochs} lr {lr:.5f} loss {loss:.4f}"
+            f" train_acc {acc:.4f} val acc {val['accuracy']:.4f} "
+            f"mean recall {val['mean_recall']:.4f} | {te:.0f}s (elapsed {elapsed:.0f}s)"
+        )
+        ck = {"config": self.model.config, "state_dict": self.model.state_dict(), "epoch": epoch}
+        torch.save(ck, self.out / f"{self.stem}.last.pt")
+        if val["mean_recall"] > self.best["mean_recall"]:
+            self.best = {**val, "epoch": epoch}
+            torch.save(ck, self.out / f"{self.stem}.best.pt")
+            self.log(f"  new best val mean recall {val['mean_recall']:.4f} (epoch {epoch})")
+
+    def fit(self, out: Path, stem: str, t_start: float) -> tuple[list[float], Budget]:
+        """The shared epoch loop and budget (90 s kept for the export)."""
+        a = self.args
+        self.out, self.stem, self.t_start = out, stem, t_start
+        budget = Budget(a.time_budget_min, a.epochs, a.warmup_epochs, 90, t_start)
+        self.csv = MetricsCsv(out / f"{stem}.metrics.csv", CSV_HEADER)
+        try:
+            times = run_epochs(self.schedule, self.train_epoch, self.end_epoch, budget, self.log)
+        finally:
+            self.csv.close()
+        return times, budget
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+CSV_HEADER = [
+    "epoch",
+    "scheduled_epochs",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_acc",
+    "val_mean_recall",
+    "epoch_s",
+    "elapsed_s",
+]
+
+
+def start(args: argparse.Namespace) -> dict[str, Any]:
+    """Seeds, threads, device, input size, output folder and the run's log."""
     import torch
-    from torch.nn import functional as nnf
 
-    t_start = time.time()
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda" if cuda else "cpu")
     if cuda:
         torch.backends.cudnn.benchmark = True
-    size = args.input_size or (224 if cuda else 112)
-    use_bf16 = cuda if args.bf16 is None else args.bf16
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name
-    log_f = (out / f"{stem}.train.log").open("a")
+    log_f = (out / f"{args.name}.train.log").open("a")
 
     def log(msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
@@ -242,220 +412,34 @@ def main(argv: list[str] | None = None) -> None:
         log_f.write(line + "\n")
         log_f.flush()
 
+    run = {
+        "cuda": cuda,
+        "dev": torch.device("cuda" if cuda else "cpu"),
+        "size": args.input_size or (224 if cuda else 112),
+        "bf16": cuda if args.bf16 is None else args.bf16,
+        "out": out,
+        "log": log,
+    }
     log(f"args: {vars(args)}")
     log(
-        f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, "
-        f"input {size}, bf16 {use_bf16}"
+        f"torch {torch.__version__}, device {run['dev']}, threads {torch.get_num_threads()}, "
+        f"input {run['size']}, bf16 {run['bf16']}"
     )
+    return run
 
-    # ---- data
-    d = np.load(args.data)
-    classes = [str(c) for c in d["classes"]]
-    if classes != FER_CLASSES:
-        raise SystemExit(f"class order {classes} != {FER_CLASSES}")
-    images, labels = d["images"], d["labels"].astype(np.int64)
-    data_sha = {Path(args.data).name: sha256_file(args.data)}
-    face_crop = json.loads(str(d["crop"])) if "crop" in d.files else None
-    if face_crop:
-        log(f"training crops made by edged's detector + crop: {face_crop}")
-    soft = soft_valid = None
-    if args.soft_targets:
-        if "ferplus_votes" not in d.files:
-            raise SystemExit("--soft-targets needs ferplus_votes in the npz")
-        soft, soft_valid = ferplus_soft(d["ferplus_votes"])
-    if args.limit:
-        sub = np.sort(np.random.RandomState(args.seed).permutation(len(images))[: args.limit])
-        images, labels = images[sub], labels[sub]
-        if soft is not None and soft_valid is not None:
-            soft, soft_valid = soft[sub], soft_valid[sub]
-    tr_idx, va_idx = stratified_split(labels, args.val_fraction, args.seed)
-    log(
-        f"data: {len(images)} images, train {len(tr_idx)}, val {len(va_idx)}, FER counts "
-        f"{np.bincount(labels, minlength=7).tolist()}; contempt (head column 1) has no examples"
-    )
 
-    # targets: 8-column distributions; smoothing (and FER+ votes) over the 7 trained columns
-    onehot7 = np.eye(7, dtype=np.float32)[labels]
-    if soft is not None and soft_valid is not None:
-        w = np.where(soft_valid[:, None], args.soft_weight, 0.0).astype(np.float32)
-        onehot7 = (1 - w) * onehot7 + w * soft
-        log(f"soft targets: FER+ weight {args.soft_weight} on {int(soft_valid.sum())} images")
-    t7 = onehot7 * (1 - args.label_smoothing) + args.label_smoothing / 7
-    target = np.zeros((len(labels), NUM_CLASSES), np.float32)
-    target[:, FER_TO_HEAD] = t7
-    head_labels = np.asarray(FER_TO_HEAD)[labels]
+def sidecar(
+    args: argparse.Namespace, run: dict[str, Any], tr: EvitTrainer, result: dict[str, Any]
+) -> dict[str, Any]:
+    """The pair's sidecar: files, contract, validation figures, plan and provenance."""
+    import torch
 
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(dev)  # uint8
-    t_all = torch.from_numpy(target).to(dev)
-    y_all = torch.from_numpy(head_labels).to(dev)
-    mean = torch.tensor(evit.MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(evit.STD, device=dev).view(1, 3, 1, 1)
-    class_w = None
-    if args.class_balance > 0:  # the formula of train_emotion --class-balance
-        share = np.bincount(labels[tr_idx], minlength=7).astype(np.float64)
-        share = np.maximum(share, 1) / share.sum()
-        cw = share**-args.class_balance
-        cw /= cw[labels[tr_idx]].mean()  # mean sample weight 1: the LR keeps its meaning
-        cw8 = np.ones(NUM_CLASSES)
-        cw8[FER_TO_HEAD] = cw
-        class_w = torch.tensor(cw8, dtype=torch.float32, device=dev)
-        log(f"class-balanced loss (power {args.class_balance}): FER weights {np.round(cw, 2)}")
-
-    # ---- model
-    model = evit.build(NUM_CLASSES, size, args.drop_path, args.dropout).to(dev)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(
-        f"EfficientViT-M5: {n_params} parameters ({evit.fused_param_count(model.backbone)} in "
-        f"the exported backbone), windows {model.backbone.window_sizes()}"
-    )
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for n_, p_ in model.named_parameters():
-        (no_decay if p_.ndim <= 1 or "attention_biases" in n_ else decay).append(p_)
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": args.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=args.lr,
-        betas=(0.9, 0.999),
-    )
-    steps_per_epoch = max(1, len(tr_idx) // args.batch_size)  # last partial batch dropped
-    epochs = args.epochs
-
-    def lr_at(step: int) -> float:
-        warm = args.warmup_epochs * steps_per_epoch
-        if step < warm:
-            return args.lr * (step + 1) / warm
-        total = max(1, epochs * steps_per_epoch - warm)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / total)))
-        return args.min_lr + (args.lr - args.min_lr) * cos
-
-    autocast_dev = "cuda" if cuda else "cpu"
-
-    @torch.no_grad()
-    def predict(m: torch.nn.Module, idx: np.ndarray, fast: bool) -> np.ndarray:
-        m.eval()
-        preds = []
-        for i in range(0, len(idx), 256):
-            xb = resize(x_all[idx[i : i + 256]].float().div_(255), size)
-            with torch.autocast(autocast_dev, dtype=torch.bfloat16, enabled=fast):
-                preds.append(m(to_input(xb, mean, std)).float().argmax(1).cpu())
-        return torch.cat(preds).numpy()
-
-    y_val = head_labels[va_idx]
-    gen = torch.Generator().manual_seed(args.seed)
-    metrics_path = out / f"{stem}.metrics.csv"
-    mf = metrics_path.open("w", newline="")
-    mw = csv.writer(mf)
-    mw.writerow(
-        [
-            "epoch",
-            "scheduled_epochs",
-            "lr",
-            "train_loss",
-            "train_acc",
-            "val_acc",
-            "val_mean_recall",
-            "epoch_s",
-            "elapsed_s",
-        ]
-    )
-    best: dict[str, Any] = {"mean_recall": -1.0}
-    epoch_times: list[float] = []
-    epoch_changes: list[tuple[int, int, int]] = []
-    step = 0
-    epoch = 0
-    while epoch < epochs:
-        epoch += 1
-        t0 = time.time()
-        model.train()
-        perm = tr_idx[torch.randperm(len(tr_idx), generator=gen).numpy()]
-        tot_loss = tot_ok = tot_n = 0.0
-        for i in range(0, steps_per_epoch * args.batch_size, args.batch_size):
-            bi = torch.from_numpy(perm[i : i + args.batch_size]).to(dev)
-            if len(bi) < 2:  # BatchNorm needs two samples (only with --limit tiny)
-                continue
-            xb = x_all[bi].float().div_(255)
-            if args.camera_aug:
-                xb = camera_augment(xb, gen)
-            xb = augment(xb, size, gen, args.rot_deg, args.scale_jitter, args.shift)
-            xb = to_input(xb, mean, std)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            with torch.autocast(autocast_dev, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(xb)
-            logits = logits.float()
-            per = -(t_all[bi] * nnf.log_softmax(logits, 1)).sum(1)
-            yb = y_all[bi]
-            loss = (per * class_w[yb]).mean() if class_w is not None else per.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            tot_loss += loss.item() * len(bi)
-            tot_ok += (logits.argmax(1) == yb).sum().item()
-            tot_n += len(bi)
-        te = time.time() - t0
-        epoch_times.append(te)
-        val = metrics(predict(model, va_idx, use_bf16), y_val)
-        elapsed = time.time() - t_start
-        mw.writerow(
-            [
-                epoch,
-                epochs,
-                f"{lr_at(step - 1):.6f}",
-                f"{tot_loss / max(tot_n, 1):.4f}",
-                f"{tot_ok / max(tot_n, 1):.4f}",
-                f"{val['accuracy']:.4f}",
-                f"{val['mean_recall']:.4f}",
-                f"{te:.1f}",
-                f"{elapsed:.0f}",
-            ]
-        )
-        mf.flush()
-        log(
-            f"epoch {epoch}/{epochs} lr {lr_at(step - 1):.5f} loss {tot_loss / max(tot_n, 1):.4f}"
-            f" train_acc {tot_ok / max(tot_n, 1):.4f} val acc {val['accuracy']:.4f} "
-            f"mean recall {val['mean_recall']:.4f} | {te:.0f}s (elapsed {elapsed:.0f}s)"
-        )
-        ck = {"config": model.config, "state_dict": model.state_dict(), "epoch": epoch}
-        torch.save(ck, out / f"{stem}.last.pt")
-        if val["mean_recall"] > best["mean_recall"]:
-            best = {**val, "epoch": epoch}
-            torch.save(ck, out / f"{stem}.best.pt")
-            log(f"  new best val mean recall {val['mean_recall']:.4f} (epoch {epoch})")
-        # fit the cosine into the wall-clock budget (as train_emotion does): after warm-up,
-        # the planned epochs follow the measured epoch time (+ validation), down any time,
-        # up only in the first half so the schedule does not jump late
-        if args.time_budget_min > 0 and epoch >= max(2, args.warmup_epochs) and epoch < epochs:
-            recent = epoch_times[1:][-3:] if len(epoch_times) > 1 else epoch_times
-            per_epoch = float(np.median(recent)) + (time.time() - t0 - te)
-            left = args.time_budget_min * 60 - (time.time() - t_start) - 90  # export margin
-            fit = min(args.epochs, max(epoch, epoch + int(left // (per_epoch * 1.05))))
-            if fit < epochs or (fit >= epochs + 2 and epoch < epochs * 0.5):
-                log(f"time budget: {per_epoch:.0f}s/epoch -> epochs {epochs} changed to {fit}")
-                epoch_changes.append((epoch, epochs, fit))
-                epochs = fit
-        if args.time_budget_min > 0 and time.time() - t_start > args.time_budget_min * 60:
-            log("time budget exhausted, stopping (the best-by-validation checkpoint is used)")
-            break
-    mf.close()
-    train_wall = time.time() - t_start
-    log(f"training done in {train_wall:.0f}s, {len(epoch_times)} epochs; best {best}")
-
-    # ---- export the best checkpoint, measured again in fp32
-    ck = torch.load(out / f"{stem}.best.pt", map_location=dev, weights_only=False)
-    model.load_state_dict(ck["state_dict"])
-    final_val = metrics(predict(model, va_idx, False), y_val)
-    log(f"best checkpoint (epoch {ck['epoch']}) on validation, fp32: {final_val}")
-    result = evit.export(model, out, size)
-    log(f"ONNX check |torch - onnxruntime| max: {result['max_abs_diff']}")
+    out, size, model = run["out"], run["size"], tr.model
     files = {
         key: {"file": str(result[key].relative_to(out)), "sha256": sha256_file(result[key])}
         for key in ("backbone", "head")
     }
-    side = {
+    return {
         "model": "efficientvit_m5",
         "files": files,
         "input_size": size,
@@ -472,37 +456,74 @@ def main(argv: list[str] | None = None) -> None:
         "untrained_labels": ["Contempt"],
         "preprocessing": "crop -> RGB -> resize SxS -> /255 -> (x - mean) / std; trained on "
         "48x48 gray faces upsampled bilinearly, R = G = B",
-        "face_crop": face_crop,
+        "face_crop": run["face_crop"],
         "catalog_input_size_note": (
             None
             if size == 224
             else f"edged.models.catalog 'efficientvit_m5' fixes 224; this export needs input_size="
             f"{size} and inputs ((None, 3, {size}, {size}),), ((None, 384),)"
         ),
-        "val_metrics": final_val,
-        "best_epoch": ck["epoch"],
+        **run["report"],
         "onnx_max_abs_diff": result["max_abs_diff"],
-        "params": n_params,
+        "params": sum(p.numel() for p in model.parameters()),
         "params_exported_backbone": evit.fused_param_count(model.backbone),
         "window_sizes": model.backbone.window_sizes(),
-        "train_config": vars(args) | {"input_size": size, "bf16": use_bf16, "device": str(dev)},
-        "effective_epochs": len(epoch_times),
-        "scheduled_epochs": epochs,
-        "epoch_changes": epoch_changes,
-        "data_sha256": data_sha,
-        "train_size": len(tr_idx),
-        "val_size": len(va_idx),
-        "train_wall_s": round(train_wall, 1),
-        "wall_s": round(time.time() - t_start, 1),
+        "train_config": vars(args)
+        | {"input_size": size, "bf16": run["bf16"], "device": str(run["dev"])},
+        "effective_epochs": len(run["epoch_times"]),
+        "scheduled_epochs": tr.schedule.epochs,
+        "epoch_changes": run["budget"].changes,
+        "data_sha256": run["data_sha"],
+        "train_size": len(tr.tr_idx),
+        "val_size": len(tr.va_idx),
+        "train_wall_s": round(run["train_wall"], 1),
+        "wall_s": round(time.time() - run["t_start"], 1),
         "git_rev": git_rev(),
         "torch_version": torch.__version__,
         "python": sys.version.split()[0],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu": torch.cuda.get_device_name(0) if run["cuda"] else None,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    args = parse_args(argv)
+    t_start = time.time()
+    run = start(args)
+    log, out, stem = run["log"], run["out"], args.name
+    data = load_npz(args.data, args.soft_targets)
+    if data.face_crop:
+        log(f"training crops made by edged's detector + crop: {data.face_crop}")
+    if args.limit:
+        data = data.subset(args.limit, args.seed)
+    tr = EvitTrainer(args, run, data)
+    n_params = sum(p.numel() for p in tr.model.parameters())
+    log(
+        f"EfficientViT-M5: {n_params} parameters ({evit.fused_param_count(tr.model.backbone)} "
+        f"in the exported backbone), windows {tr.model.backbone.window_sizes()}"
+    )
+    run["epoch_times"], run["budget"] = tr.fit(out, stem, t_start)
+    run["train_wall"] = time.time() - t_start
+    log(f"training done in {run['train_wall']:.0f}s, {len(run['epoch_times'])} epochs; "
+        f"best {tr.best}")  # fmt: skip
+    # ---- export the best checkpoint, measured again in fp32
+    ck = torch.load(out / f"{stem}.best.pt", map_location=run["dev"], weights_only=False)
+    tr.model.load_state_dict(ck["state_dict"])
+    final_val = metrics(tr.predict(tr.va_idx, False), tr.y_val)
+    log(f"best checkpoint (epoch {ck['epoch']}) on validation, fp32: {final_val}")
+    result = evit.export(tr.model, out, run["size"])
+    log(f"ONNX check |torch - onnxruntime| max: {result['max_abs_diff']}")
+    run.update(
+        t_start=t_start,
+        face_crop=data.face_crop,
+        data_sha=data.data_sha,
+        report={"val_metrics": final_val, "best_epoch": ck["epoch"]},
+    )
     side_path = out / f"{stem}.json"
-    side_path.write_text(json.dumps(side, indent=2))
+    side_path.write_text(json.dumps(sidecar(args, run, tr, result), indent=2))
     log(f"wrote {result['backbone']}, {result['head']}, {side_path}")
     log(f"total wall {time.time() - t_start:.0f}s")
 

@@ -7,7 +7,6 @@ that depended on the batch) would silently change results with the crowd size.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,6 @@ from structlog.testing import capture_logs
 from edged.models.catalog import CANONICAL_LABELS, CATALOG, ModelSpec
 from edged.models.classification import CLASSIFIERS, OnnxClassifier, softmax
 from edged.models.providers import SessionFactory
-from tests.conftest import REPO
 from tests.tiny_models import make_fer_model, make_pooled_rgb_model
 
 #: name → files in ../shared/models that play it.
@@ -149,11 +147,8 @@ def test_presized_array_equals_list_of_crops_of_any_size(
 def test_fer_preprocessing_is_the_training_tools(
     fer_file: Path, face_crops: list[np.ndarray]
 ) -> None:
-    tool = REPO / "tools" / "train_emotion.py"
-    mod_spec = importlib.util.spec_from_file_location("train_emotion", tool)
-    assert mod_spec is not None and mod_spec.loader is not None
-    train = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(train)
+    from edged_train import data as train  # what tools/train_emotion.py trains with
+
     fer = build(CATALOG["edged_fer"], (fer_file,))
     expected = np.stack([train.preprocess_bgr(c) for c in face_crops]).astype(np.float32)
     expected = (expected / 255.0 - train.MEAN) / train.STD

@@ -1,6 +1,6 @@
 """edged's own FER-style model: 48×48 grayscale crops, FER2013's 7 classes.
 
-The preprocessing is exactly the one the training tool (``tools/train_emotion.py``) used:
+The preprocessing is exactly the one the training package (``edged_train``) uses:
 BGR → gray with ``cv2.COLOR_BGR2GRAY``, resize to 48×48 with INTER_AREA, /255, then
 (x - 0.5)/0.5. A model that sees other pixels than it was trained on loses accuracy
 silently, so the constants come from the catalogue spec, and the gray conversion is
@@ -17,6 +17,17 @@ import onnxruntime as ort
 
 from edged.models.catalog import ModelSpec
 from edged.models.classification.base import Crops, FloatArray, OnnxClassifier
+
+
+def gray_input(crop: np.ndarray, size: int) -> np.ndarray:
+    """One BGR or gray uint8 crop → (size, size) uint8 gray: OpenCV's gray first, then
+    INTER_AREA. The training tool (``edged_train``) cuts its images with this, so training
+    and the daemon cannot see different pixels."""
+    if crop.ndim == 3:
+        crop = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2GRAY)
+    if crop.shape[:2] != (size, size):
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop
 
 
 class FerClassifier(OnnxClassifier):
@@ -43,16 +54,8 @@ class FerClassifier(OnnxClassifier):
                 return gray
             items: Sequence[np.ndarray] = list(gray)
         else:
-            items = [
-                c if c.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_BGR2GRAY)
-                for c in crops
-            ]
-        out = [
-            c
-            if c.shape[:2] == (size, size)
-            else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
-            for c in items
-        ]
+            items = list(crops)
+        out = [gray_input(c, size) for c in items]
         return np.stack(out) if out else np.zeros((0, size, size), np.uint8)
 
     def preprocess(self, crops: Crops) -> FloatArray:

@@ -1,0 +1,97 @@
+"""edged_train end to end: a one-epoch run on a slice of FER2013 exports a graph that the
+daemon's loader loads with the spec its sidecar describes, and that computes what the
+sidecar says on the daemon's preprocessing.
+
+Torch is a training-only dependency (the ``train`` extra; CI installs ``dev`` only), so the
+module is skipped without it. 300 images, one epoch, one thread: seconds on a small CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from edged.models.catalog import CATALOG, CropSpec  # noqa: E402
+from edged.models.loader import load_classifier  # noqa: E402
+from edged.models.providers import SessionFactory  # noqa: E402
+from tests.conftest import shared_root  # noqa: E402
+
+N_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny FER2013-layout npz carrying a detector-made crop's framing, trained 1 epoch."""
+    from edged_train.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    crop = CATALOG["edged_fer"].crops[0]
+    with np.load(shared_root() / "datasets" / "fer2013_train.npz") as d:
+        data = {k: d[k][:N_IMAGES] for k in ("images", "labels", "ferplus_votes")}
+        data["classes"] = d["classes"]
+    data["crop"] = np.array(json.dumps(crop.to_json()))
+    npz = root / "slice.npz"
+    np.savez(npz, **data)
+    threads = torch.get_num_threads()
+    try:
+        main(
+            [
+                *("--data", str(npz), "--out", str(root / "run"), "--epochs", "1"),
+                *("--batch-size", "64", "--threads", "1", "--device", "cpu", "--soft-targets"),
+                *("--class-balance", "0.5", "--camera-aug", "--test-modes", "full,center"),
+                *("--select-by", "mean_recall"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    side = json.loads((root / "run" / "edged_fer_v1.json").read_text())
+    return {"root": root, "side": side, "images": data["images"], "crop": crop}
+
+
+def test_sidecar_records_the_run_and_the_package_contract(trained: dict[str, Any]) -> None:
+    side, spec = trained["side"], CATALOG["edged_fer"]
+    assert side["labels"] == list(spec.labels)
+    assert side["canonical_labels"] == list(spec.canonical_labels)
+    assert side["mean"] == list(spec.mean) and side["std"] == list(spec.std)
+    assert side["size"] == spec.input_size
+    assert CropSpec.from_json(side["face_crop"]) == trained["crop"]
+    assert side["effective_epochs"] == 1 and side["train_size"] + side["val_size"] == N_IMAGES
+    assert side["test_time_mode"] in ("full", "center")
+    assert side["train_config"]["select_by"] == "mean_recall"
+
+
+def test_exported_graph_loads_through_the_daemons_loader(trained: dict[str, Any]) -> None:
+    import onnxruntime as ort
+
+    side, root = trained["side"], trained["root"]
+    spec = dataclasses.replace(
+        CATALOG["edged_fer"],
+        name="trained_here",
+        files=("run/edged_fer_v1.onnx",),
+        labels=tuple(side["labels"]),
+        mean=tuple(side["mean"]),
+        std=tuple(side["std"]),
+        crops=(CropSpec.from_json(side["face_crop"]),),
+        shipped=False,
+    )
+    clf = load_classifier(spec, root, SessionFactory(providers=["cpu"]))
+    crops = [cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) for im in trained["images"][:16]]
+    probs = np.asarray(clf(crops))
+    assert probs.shape == (16, 7) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    # the same graph on the documented preprocessing, written out independently
+    x = (np.stack(trained["images"][:16]).astype(np.float32)[:, None] / 255.0 - 0.5) / 0.5
+    sess = ort.InferenceSession(str(root / spec.files[0]), providers=["CPUExecutionProvider"])
+    z = sess.run(["logits"], {"input": x})[0].astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    order = [clf.labels.index(c) for c in side["canonical_labels"]]
+    np.testing.assert_allclose(probs[:, order], p / p.sum(1, keepdims=True), atol=1e-4)
+    assert Path(root / "run" / "edged_fer_v1.pt").is_file()
