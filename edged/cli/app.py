@@ -45,7 +45,6 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(cameras.app, name="cameras")
-app.command("analyze")(analyze_cmd.analyze)
 
 
 def _version(value: bool) -> None:
@@ -118,6 +117,9 @@ def check_config(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         render.print_json({"ok": True, "file": str(found) if found else None})
     else:
         typer.echo(f"ok: {found or 'no config file found; defaults are valid'}")
+
+
+app.command("analyze")(analyze_cmd.analyze)
 
 
 def main() -> None:

@@ -170,7 +170,8 @@ def models_list(status: StoreStatus, configured_phase: str) -> None:
     table and the files on their own, so no name or path is ever broken."""
     con = console()
     wide = _models_table(status, with_files=True)
-    if Measurement.get(con, con.options, wide).maximum <= con.width:
+    unbounded = con.options.update_width(1 << 16)  # measure the natural width, not clamped
+    if Measurement.get(con, unbounded, wide).maximum <= con.width:
         con.print(wide)
     else:
         con.print(_models_table(status, with_files=False))
