@@ -20,7 +20,7 @@ import typer
 
 from edged import __version__
 from edged.cli import analyze as analyze_cmd
-from edged.cli import cameras, models, render
+from edged.cli import cameras, models
 from edged.cli import config as config_cmd
 from edged.cli.common import (
     ConfigOpt,
@@ -100,6 +100,7 @@ def check_config(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
     With --json: {"ok": true, "file": PATH or null} or {"ok": false, "error": MESSAGE}.
     """
+    from edged.cli import render
     from edged.config import find_config_file, load_settings
 
     try:

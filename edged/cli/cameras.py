@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from edged.cli import render
 from edged.cli.common import ConfigOpt, JsonOpt, exit_with, group, load, setup_logging
 
 app = group("Camera sources.")
@@ -26,6 +25,7 @@ def cameras_probe(
     Exit 1 when an enabled configured camera fails; other /dev/video* nodes are only
     reported (a USB camera also exposes a metadata node that never gives frames).
     """
+    from edged.cli import render
     from edged.runtime.probe import probe_cameras
 
     setup_logging()

@@ -2,7 +2,9 @@
 turning an :class:`~edged.errors.EdgedError` into a message and exit code 1.
 
 Help texts are plain text (the Typer apps run with ``rich_markup_mode=None``): config
-sections are written as ``[models]`` and must reach the reader as such.
+sections are written as ``[models]`` and must reach the reader as such. Commands import
+:mod:`edged.cli.render` (rich) and the package inside their bodies, so ``edged --help``
+loads neither.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from edged.cli import render
 from edged.cli.common import ConfigOpt, JsonOpt, group, load
 
 app = group("Inspect the configuration.")
@@ -16,6 +15,8 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
     The TOML output is a valid config file again.
     """
+    from edged.cli import render
+
     data = load(config).redacted()
     if as_json:
         render.print_json(data)

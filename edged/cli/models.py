@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from edged.cli import render
 from edged.cli.common import (
     ConfigOpt,
     JsonOpt,
@@ -34,6 +33,7 @@ def models_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Every known model: phases, path, size, installed, checksum, usable phases."""
+    from edged.cli import render
     from edged.models.store import read_status
 
     setup_logging()
@@ -66,6 +66,7 @@ def models_fetch(
     timeout: Annotated[float, typer.Option(help="Network timeout in seconds.")] = 30.0,
 ) -> None:
     """Download models (checksum, resume, atomic placement, zip members)."""
+    from edged.cli import render
     from edged.models.store import fetch_models, phase_spec
 
     setup_logging()
@@ -101,6 +102,7 @@ def models_verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check checksums and load each installed model against its spec."""
+    from edged.cli import render
     from edged.models.store import verify_models
 
     setup_logging()
@@ -123,6 +125,7 @@ def models_import(
     config: ConfigOpt = None,
 ) -> None:
     """Check a local file against a catalogue spec and put it into the layout."""
+    from edged.cli import render
     from edged.models.store import import_model
 
     setup_logging()

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,15 +30,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edged.models.fetch import FetchResult
-from edged.models.store import (
-    FetchReport,
-    ImportResult,
-    ModelStatus,
-    StoreStatus,
-    VerifyReport,
-)
-from edged.runtime.probe import CameraProbe, ProbeReport
+if TYPE_CHECKING:  # the command modules import this one: keep OpenCV and ORT out of --help
+    from edged.models.fetch import FetchResult
+    from edged.models.store import (
+        FetchReport,
+        ImportResult,
+        ModelStatus,
+        StoreStatus,
+        VerifyReport,
+    )
+    from edged.runtime.probe import CameraProbe, ProbeReport
 
 
 def console(stderr: bool = False) -> Console:
