@@ -281,10 +281,16 @@ def test_daemon_publishes_online_discovery_heartbeat_events_state_and_offline_on
     } <= set(cam)
     assert hb["spool"] == {"pending": 0, "dropped": 0}
 
-    # Retained state: once the live state says "none", a subscriber arriving gets it at once.
-    rec.wait_for(
-        lambda ms: rec.payloads(f"edged/{DEVICE}/cam/emotion")[-1:] == [b"none"], 10, "state none"
-    )
+    # Retained state: once the live state says "none" with no face, a subscriber arriving gets
+    # it at once. Both topics are waited for: "none" alone is also the state of a face seen
+    # before its emotion is established (faces 1), and attributes follow emotion on the wire.
+    def left(ms: list[Message]) -> bool:
+        attrs = rec.payloads(f"edged/{DEVICE}/cam/attributes")[-1:]
+        return rec.payloads(f"edged/{DEVICE}/cam/emotion")[-1:] == [b"none"] and bool(
+            attrs and json.loads(attrs[0])["faces"] == 0
+        )
+
+    rec.wait_for(left, 10, "state none, no face")
     late = MqttRecorder(mqtt_broker.host, mqtt_broker.port, [f"edged/{DEVICE}/cam/+"])
     try:
         got = late.wait_for(
