@@ -1,0 +1,1 @@
+"""Typed payloads edged publishes and serves: one dataclass per contract, one to_json()."""
