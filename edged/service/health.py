@@ -188,7 +188,13 @@ def _num(value: Any) -> float:
 
 
 def _families(snap: Mapping[str, Any], stale_after_s: float) -> Iterator[Metric]:
-    cameras: Mapping[str, Mapping[str, Any]] = snap.get("cameras") or {}
+    yield from _camera_families(snap.get("cameras") or {}, stale_after_s)
+    yield from _daemon_families(snap)
+
+
+def _camera_families(
+    cameras: Mapping[str, Mapping[str, Any]], stale_after_s: float
+) -> Iterator[Metric]:
     per_camera: list[tuple[type[CounterMetricFamily] | type[GaugeMetricFamily], str, str, str]] = [
         (CounterMetricFamily, "edged_frames_in", "Frames read from the camera.", "frames_in"),
         (
@@ -231,6 +237,8 @@ def _families(snap: Mapping[str, Any], stale_after_s: float) -> Iterator[Metric]
         up.add_metric([cam_id], 1.0 if camera_producing(cam, stale_after_s) else 0.0)
     yield up
 
+
+def _daemon_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     mqtt: Mapping[str, Any] = snap.get("mqtt") or {}
     spool: Mapping[str, Any] = snap.get("spool") or {}
     yield CounterMetricFamily(
