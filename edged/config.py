@@ -12,13 +12,15 @@ when it is called.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -115,6 +117,39 @@ StrictBool = Annotated[
 ]
 
 
+Component = Literal["pipeline", "tracker", "publisher", "health", "cameras"]
+
+
+class Change(enum.Enum):
+    """How a running daemon takes a changed key."""
+
+    #: The components' ``reconfigure`` (the publisher's ``update_settings``) applies it.
+    IN_PLACE = "in_place"
+    #: The components are built anew (and warmed) before anything switches over.
+    REBUILD = "rebuild"
+    #: Only a restart applies it: a reload that changes it is refused as a whole.
+    RESTART = "restart"
+
+
+@dataclass(frozen=True)
+class Reload:
+    """A key's reload policy, the one place that says how a change to it is applied and
+    whether a remote ``config/set`` may make it at all.
+
+    A section states its default as the class variable ``reload``; a field overrides it
+    with this marker in its ``Annotated`` metadata. ``remote`` is an allow-list: a key is
+    refused remotely unless someone marked it safe.
+    """
+
+    change: Change
+    components: tuple[Component, ...] = ()
+    remote: bool = False
+
+
+#: Who the daemon is, where files are read or written, the health server's socket.
+RESTART = Reload(Change.RESTART)
+
+
 class _Section(BaseModel):
     """Base of every section: unknown keys are errors, assignment is validated, and no
     string or path holds a NUL byte (no file name, topic or client id can carry one: the
@@ -122,6 +157,8 @@ class _Section(BaseModel):
     client id on every connect)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: The policy of every key of the section without a :class:`Reload` marker of its own.
+    reload: ClassVar[Reload] = RESTART
 
     @field_validator("*")
     @classmethod
@@ -149,9 +186,15 @@ def _default_device_id() -> str:
     return cleaned if _ID_RE.match(cleaned) else "edged"
 
 
+_REMOTE_PUBLISHER = Reload(Change.IN_PLACE, ("publisher",), remote=True)
+#: Which models load and how: a change rebuilds and re-warms them.
+_MODELS = Reload(Change.REBUILD, ("pipeline",), remote=True)
+
+
 class DeviceSettings(_Section):
     """Who this daemon is and where it keeps state (spool, fetched models, TensorRT cache)."""
 
+    reload: ClassVar[Reload] = RESTART
     id: str = Field(default_factory=_default_device_id)
     state_dir: Path = Path("/var/lib/edged")
 
@@ -162,8 +205,13 @@ class DeviceSettings(_Section):
 
 
 class MqttSettings(_Section):
-    """Broker connection, topics, and the guarded remote-configuration channel."""
+    """Broker connection, topics, and the guarded remote-configuration channel.
 
+    The publisher rebuilds its client on any change; remotely only the heartbeat interval
+    and discovery switch may change (never the broker, credentials, topics or the guard).
+    """
+
+    reload: ClassVar[Reload] = Reload(Change.IN_PLACE, ("publisher",))
     host: str = "127.0.0.1"
     port: StrictInt = Field(default=1883, ge=1, le=65535)
     username: str = ""
@@ -177,8 +225,9 @@ class MqttSettings(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_insecure: StrictBool = False
-    heartbeat_s: FiniteFloat = Field(default=30.0, ge=1, le=86400)
-    homeassistant: StrictBool = True
+    heartbeat_s: Annotated[FiniteFloat, _REMOTE_PUBLISHER] = Field(default=30.0, ge=1, le=86400)
+    homeassistant: Annotated[StrictBool, _REMOTE_PUBLISHER] = True
+    #: Not remote: it would let a sender write retained messages into another topic tree.
     homeassistant_prefix: str = "homeassistant"
     remote_config: StrictBool = False
     remote_config_token: SecretStr = SecretStr("")
@@ -235,13 +284,17 @@ class MqttSettings(_Section):
 
 
 class HealthSettings(_Section):
-    """The HTTP health and metrics endpoint."""
+    """The HTTP health and metrics endpoint (its socket only changes with a restart)."""
 
-    enabled: StrictBool = True
-    host: str = "127.0.0.1"
-    port: StrictInt = Field(default=5003, ge=0, le=65535)
+    reload: ClassVar[Reload] = Reload(Change.IN_PLACE, ("health",))
+
+    enabled: Annotated[StrictBool, RESTART] = True
+    host: Annotated[str, RESTART] = "127.0.0.1"
+    port: Annotated[StrictInt, RESTART] = Field(default=5003, ge=0, le=65535)
     #: A camera whose newest frame is older than this counts as not producing frames.
-    stale_after_s: FiniteFloat = Field(default=10.0, gt=0, le=86400)
+    stale_after_s: Annotated[FiniteFloat, Reload(Change.IN_PLACE, ("health",), remote=True)] = (
+        Field(default=10.0, gt=0, le=86400)
+    )
     #: Open connections at most; a new one beyond closes the one silent the longest, so a
     #: flood of idle connections can neither exhaust file descriptors nor lock out /health.
     max_connections: StrictInt = Field(default=64, ge=1, le=4096)
@@ -253,18 +306,24 @@ class HealthSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    """Which models run, where, and the detection/crop knobs of the phase."""
+    """Which models run, where, and the detection/crop knobs of the phase.
 
-    phase: Phase = "sota_phase2"
-    detector: str = ""
-    classifier: str = ""
-    providers: list[Provider] = Field(default_factory=_default_providers)
-    tensorrt_fp16: StrictBool = True
-    intra_op_threads: StrictInt = Field(default=0, ge=0, le=256)
-    det_size: StrictInt = Field(default=640, ge=128, le=2048)
+    Keys that decide which models load, and how, rebuild them; thresholds and batching are
+    applied in place (:meth:`edged.pipeline.Pipeline.reconfigure`).
+    """
+
+    reload: ClassVar[Reload] = Reload(Change.IN_PLACE, ("pipeline",), remote=True)
+
+    phase: Annotated[Phase, _MODELS] = "sota_phase2"
+    detector: Annotated[str, _MODELS] = ""
+    classifier: Annotated[str, _MODELS] = ""
+    providers: Annotated[list[Provider], _MODELS] = Field(default_factory=_default_providers)
+    tensorrt_fp16: Annotated[StrictBool, _MODELS] = True
+    intra_op_threads: Annotated[StrictInt, _MODELS] = Field(default=0, ge=0, le=256)
+    det_size: Annotated[StrictInt, _MODELS] = Field(default=640, ge=128, le=2048)
     #: A frame smaller than det_size is enlarged at most this much (1 = never): enlarged
     #: close-up faces outgrow the detectors' anchors and are missed.
-    det_max_upscale: FiniteFloat = Field(default=1.0, ge=1.0, le=8.0)
+    det_max_upscale: Annotated[FiniteFloat, _MODELS] = Field(default=1.0, ge=1.0, le=8.0)
     #: 0 = the detector's own calibrated default (SCRFD 0.5, YuNet 0.6: YuNet scores run
     #: higher on non-faces, so one shared number would favour one family).
     det_threshold: FiniteFloat = Field(default=0.0, ge=0, lt=1)
@@ -274,7 +333,7 @@ class PipelineSettings(_Section):
     #: ``auto`` follows the phase (alignment for sota_phase2/3, box crop for phase1 and
     #: current, the model's own crop for lite). The framing (context, centre, border) is
     #: always the classifier's own, from the catalogue: see models/README.md.
-    crop: Literal["auto", "model", "box", "align"] = "auto"
+    crop: Annotated[Literal["auto", "model", "box", "align"], _MODELS] = "auto"
     #: 0: the model's own framing. Otherwise the model's crop window grows by 1 + 2 x margin
     #: (negative shrinks it); for experiments, models are right framed their own way.
     crop_margin: FiniteFloat = Field(default=0.0, ge=-0.3, le=2)
@@ -307,6 +366,7 @@ class PipelineSettings(_Section):
 class SmoothingSettings(_Section):
     """Per-track temporal smoothing and the hysteresis that keeps events honest."""
 
+    reload: ClassVar[Reload] = Reload(Change.IN_PLACE, ("tracker",), remote=True)
     enabled: StrictBool = True
     method: Literal["ema", "window"] = "ema"
     alpha: FiniteFloat = Field(default=0.3, gt=0, le=1)
@@ -318,8 +378,9 @@ class SmoothingSettings(_Section):
 
 
 class ModelsSettings(_Section):
-    """Where model files live and where they are fetched from."""
+    """Where model files live and where they are fetched from (never remote: file paths)."""
 
+    reload: ClassVar[Reload] = Reload(Change.REBUILD, ("pipeline",))
     dir: Path = Path("/var/lib/edged/models")
     mirror: str = ""
 
@@ -331,6 +392,8 @@ class PrivacySettings(_Section):
     can only take information away. A remote ``config/set`` may move them only towards less
     data (see :func:`edged.privacy.check_remote_privacy`); loosening takes the config file.
     """
+
+    reload: ClassVar[Reload] = Reload(Change.IN_PLACE, ("publisher", "tracker"), remote=True)
 
     #: False: no ``bbox`` in events or retained attributes (where a person stood).
     publish_boxes: StrictBool = True
@@ -415,7 +478,10 @@ class Settings(BaseSettings):
     smoothing: SmoothingSettings = Field(default_factory=SmoothingSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
-    cameras: list[CameraSettings] = Field(default_factory=list)
+    #: Changed cameras are restarted, the others keep running (sources checked remotely).
+    cameras: Annotated[list[CameraSettings], Reload(Change.IN_PLACE, ("cameras",), remote=True)] = (
+        Field(default_factory=list)
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -647,6 +713,35 @@ def iter_keys(data: Mapping[str, Any], prefix: str = "") -> Sequence[str]:
         else:
             keys.append(path)
     return keys
+
+
+def _marker(field: FieldInfo) -> Reload | None:
+    return next((m for m in field.metadata if isinstance(m, Reload)), None)
+
+
+def key_policy(key: str) -> Reload | None:
+    """The :class:`Reload` policy of a dotted key (``pipeline.det_size``, ``cameras``).
+
+    ``None`` for a key that names no field a change may replace: an unknown section, a
+    whole section, or a path below a scalar (``health.stale_after_s.port``). An unknown key
+    inside a section gets the section's default, so the validation names it.
+    """
+    section, _, name = key.partition(".")
+    top = Settings.model_fields.get(section)
+    if top is None:
+        return None
+    model = top.annotation
+    if not (isinstance(model, type) and issubclass(model, _Section)):
+        return _marker(top) if not name else None
+    if not name:
+        return None
+    field_name, _, below = name.partition(".")
+    field = model.model_fields.get(field_name)
+    if field is None:
+        return model.reload
+    if below:
+        return None
+    return _marker(field) or model.reload
 
 
 def _toml_value(value: Any) -> str:

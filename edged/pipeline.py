@@ -34,6 +34,7 @@ from edged.models.catalog import CropSpec, PhaseCrop
 from edged.models.classification import Classifier
 from edged.models.crops import face_crops
 from edged.models.detection.base import Detections, Detector
+from edged.models.detection.common import Limits, OnnxDetector
 from edged.models.loader import LoadedModels, resolve
 from edged.models.providers import SessionFactory
 
@@ -169,6 +170,19 @@ class Pipeline:
         self.stats = PipelineStats()
         #: What :func:`build_pipeline` resolved (phase, fallbacks); None when built directly.
         self.loaded: LoadedModels | None = None
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take the keys applied in place (thresholds, batching) without reloading or
+        re-warming a model; the keys that need the models rebuilt are the caller's to check
+        (the daemon builds a new pipeline for them)."""
+        p = settings.pipeline
+        self.crop_margin = p.crop_margin
+        self.max_batch = p.max_batch
+        if isinstance(self.detector, OnnxDetector):
+            default = self.detector.spec.default_threshold
+            self.detector.limits = Limits(
+                p.det_threshold or default, p.nms_threshold, p.min_face_px, p.max_faces
+            )
 
     @property
     def crop(self) -> CropSpec | None:

@@ -7,21 +7,14 @@ and puts each into a one-slot mailbox. The pipeline takes whatever is newest wit
 overwritten before anyone took it is *dropped* and counted, never queued: queues in front
 of a slower pipeline only add latency, and an emotion of two seconds ago is worth nothing.
 
-Sources, from the ``source`` string of a ``[[cameras]]`` table (classified by
-:func:`edged.sources.parse`, the one parser the config and the remote guard use too):
-
-* ``"0"`` — a device index (V4L2 on Linux);
-* ``/dev/video0`` — a device path (V4L2);
-* ``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://`` — a network stream through
-  FFmpeg, with open/read timeouts so a dead stream fails instead of hanging;
-* a string containing ``!`` — a GStreamer pipeline ending in ``appsink`` (Jetson CSI:
-  ``nvarguscamerasrc ! ... ! appsink``), which needs an OpenCV built with GStreamer (pip's
-  wheels are not: that is reported as such);
-* ``file://`` URLs and anything else — a video file. ``realtime=True`` paces it at the
-  file's native fps as a camera would deliver it; ``realtime=False`` reads the next frame
-  only once the previous one was taken (as fast as the pipeline goes, nothing dropped).
-  ``loop=True`` reopens it at the end; otherwise the end of the file ends the camera in
-  state ``finished``.
+Sources are classified by :func:`edged.sources.parse` (the one parser the config and the
+remote guard use too; its module doc lists the kinds); this module only picks the OpenCV
+API for each and opens it. Network streams get open/read timeouts so a dead stream fails
+instead of hanging; a GStreamer pipeline needs an OpenCV built with GStreamer (pip's wheels
+are not: that is reported as such). A file with ``realtime=True`` is paced at its native
+fps as a camera would deliver it; ``realtime=False`` reads the next frame only once the
+previous one was taken (as fast as the pipeline goes, nothing dropped). ``loop=True``
+reopens it at the end; otherwise the end of the file ends the camera in state ``finished``.
 
 A source that cannot be opened or stops delivering goes to ``reconnecting`` and is reopened
 with exponential backoff and jitter (``reconnect_min_s`` doubling up to ``reconnect_max_s``),
@@ -55,9 +48,6 @@ from edged import sources
 from edged.config import CameraSettings
 from edged.errors import CaptureError, ConfigError
 from edged.sources import SourceKind
-
-#: Kept under its old name: logs, probes and tests redact through capture too.
-redact_source = sources.redact
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +127,7 @@ def open_capture(
     ``height`` are requests to devices and streams (the driver may choose another size).
     """
     src = parse_source(source) if isinstance(source, str) else source
-    shown = redact_source(str(src.target))
+    shown = sources.redact(str(src.target))
     if src.kind == "gstreamer" and not gstreamer_available():
         raise CaptureError(
             f"source {shown!r} is a GStreamer pipeline, but this OpenCV build has no "
@@ -302,7 +292,7 @@ class Camera:
     def _error(self, message: str) -> None:
         # Backend messages (OpenCV, FFmpeg) may quote the URL: /health shows this one.
         with self._cond:
-            self._last_error = redact_source(message)
+            self._last_error = sources.redact(message)
 
     def _run(self) -> None:
         attempt = 0
@@ -353,7 +343,7 @@ class Camera:
 
     def _backoff(self, attempt: int, error: str) -> None:
         s = self.settings
-        error = redact_source(error)
+        error = sources.redact(error)
         base = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(attempt - 1, 30))
         delay = min(s.reconnect_max_s, base * self._rng.uniform(0.8, 1.2))
         with self._cond:
@@ -365,7 +355,7 @@ class Camera:
         log.warning(
             "camera_reconnect",
             camera=self.id,
-            source=redact_source(s.source),
+            source=sources.redact(s.source),
             attempt=attempt,
             delay_s=round(delay, 3),
             error=error,
@@ -383,7 +373,7 @@ class Camera:
         log.info(
             "camera_opened",
             camera=self.id,
-            source=redact_source(self.settings.source),
+            source=sources.redact(self.settings.source),
             kind=self.source.kind,
             backend=cap.getBackendName(),
             fps=round(float(cap.get(cv2.CAP_PROP_FPS) or 0.0), 2),
@@ -470,8 +460,8 @@ def probe(source: str, timeout: float = 10.0, *, width: int = 0, height: int = 0
     try:
         src = parse_source(source)
     except ConfigError as exc:  # not a source at all (empty, control characters)
-        return ProbeResult(redact_source(source), "unknown", False, error=str(exc))
-    shown = redact_source(source)
+        return ProbeResult(sources.redact(source), "unknown", False, error=str(exc))
+    shown = sources.redact(source)
     result: list[ProbeResult] = []
 
     def attempt() -> None:

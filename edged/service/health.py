@@ -55,11 +55,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edged.config import HealthSettings
+from edged.contracts.status import HealthSnapshot
 from edged.errors import EdgedError
 
 log = structlog.get_logger(__name__)
 
-Snapshot = Mapping[str, Any]
+#: The daemon's :class:`HealthSnapshot`, or its JSON form (a mapping).
+Snapshot = HealthSnapshot | Mapping[str, Any]
 SnapshotFn = Callable[[], Snapshot]
 Status = Literal["ok", "degraded", "failing"]
 
@@ -118,6 +120,7 @@ class HealthReport:
 
 def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
     """Derive ok/degraded/failing and the reasons from a snapshot (see the module doc)."""
+    snapshot = _as_json(snapshot)
     failing: list[str] = []
     degraded: list[str] = []
     models = snapshot.get("models") or {}
@@ -158,6 +161,10 @@ def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
     return HealthReport(status, reasons, body)
 
 
+def _as_json(snapshot: Snapshot) -> Mapping[str, Any]:
+    return snapshot.to_json() if isinstance(snapshot, HealthSnapshot) else snapshot
+
+
 class _SnapshotCollector(Collector):
     """Reads counters and gauges from the daemon's snapshot when Prometheus scrapes."""
 
@@ -173,15 +180,21 @@ class _SnapshotCollector(Collector):
         except Exception as exc:  # a scrape must not take the endpoint down
             log.warning("metrics_snapshot_failed", error=str(exc))
             return
-        yield from _families(snap, self._metrics.stale_after_s)
+        yield from _families(_as_json(snap), self._metrics.stale_after_s)
 
 
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _families(snap: Snapshot, stale_after_s: float) -> Iterator[Metric]:
-    cameras: Mapping[str, Mapping[str, Any]] = snap.get("cameras") or {}
+def _families(snap: Mapping[str, Any], stale_after_s: float) -> Iterator[Metric]:
+    yield from _camera_families(snap.get("cameras") or {}, stale_after_s)
+    yield from _daemon_families(snap)
+
+
+def _camera_families(
+    cameras: Mapping[str, Mapping[str, Any]], stale_after_s: float
+) -> Iterator[Metric]:
     per_camera: list[tuple[type[CounterMetricFamily] | type[GaugeMetricFamily], str, str, str]] = [
         (CounterMetricFamily, "edged_frames_in", "Frames read from the camera.", "frames_in"),
         (
@@ -224,6 +237,8 @@ def _families(snap: Snapshot, stale_after_s: float) -> Iterator[Metric]:
         up.add_metric([cam_id], 1.0 if camera_producing(cam, stale_after_s) else 0.0)
     yield up
 
+
+def _daemon_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     mqtt: Mapping[str, Any] = snap.get("mqtt") or {}
     spool: Mapping[str, Any] = snap.get("spool") or {}
     yield CounterMetricFamily(
@@ -557,6 +572,12 @@ class HealthServer:
         if self._accept_log is not None:
             self._accept_log.remove()
             self._accept_log = None
+
+    def reconfigure(self, settings: HealthSettings) -> None:
+        """New limits and staleness in place; the socket (host, port) stays as it is (a
+        restart-only change, refused before this is called)."""
+        self.settings = settings
+        self.metrics.stale_after_s = settings.stale_after_s
 
     @property
     def open_connections(self) -> int:

@@ -23,8 +23,8 @@ from edged.runtime.capture import (
     list_video_devices,
     parse_source,
     probe,
-    redact_source,
 )
+from edged.sources import redact as redact_source
 
 W, H = 96, 64
 #: Generous bound for conditions that normally hold within milliseconds (a loaded CI box).

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -793,3 +794,68 @@ async def test_wait_event_returns_on_set_and_on_timeout() -> None:
     asyncio.get_running_loop().call_later(0.01, ev.set)
     await wait_event(ev, 10)
     assert ev.is_set()
+
+
+# --- a second signal forces the exit ---------------------------------------------------------
+
+
+class BlockableRelay:
+    """A TCP relay in front of the broker that can stop forwarding: a broker that is still
+    connected but answers nothing (a frozen host), so the daemon's offline publish waits
+    for an acknowledgement that never comes."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.blocked = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._socks: list[socket.socket] = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                broker = socket.create_connection(self.upstream)
+                self._socks += [client, broker]
+                for a, b in ((client, broker), (broker, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not self.blocked.is_set():
+                    dst.sendall(data)
+
+    def close(self) -> None:
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_a_second_sigterm_forces_the_exit_while_shutdown_waits_on_a_blocked_broker(
+    tmp_path: Path, mqtt_broker: MosquittoBroker, models_dir: Path, daemons: list
+) -> None:
+    relay = BlockableRelay((mqtt_broker.host, mqtt_broker.port))
+    try:
+        cfg = write_config(
+            tmp_path / "edged.toml",
+            mqtt_broker,
+            tmp_path / "state",
+            models_dir,
+            cameras=[],
+            mqtt={"port": relay.port},
+        )
+        d = DaemonProcess(cfg, tmp_path / "daemon.log")
+        daemons.append(d)
+        logged = lambda name: any(e.get("event") == name for e in d.logs())  # noqa: E731
+        wait_until(lambda: logged("mqtt_connected") and logged("daemon_ready"), 60, "ready")
+        relay.blocked.set()  # the offline publish now waits for its PUBACK (5 s bound)
+        d.signal(signal.SIGTERM)
+        wait_until(lambda: logged("daemon_stopping"), 20, "stopping")
+        d.signal(signal.SIGTERM)
+        assert d.wait(20) == 1, d.tail()
+        assert logged("daemon_force_exit") and logged("daemon_forced_exit"), d.tail()
+        assert not logged("daemon_stopped"), d.tail()
+    finally:
+        relay.close()

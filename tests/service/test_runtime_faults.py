@@ -96,11 +96,11 @@ async def test_the_daemon_survives_a_failing_classifier_counts_the_frames_and_he
         clf: Any = daemon.pipeline.classifier
         failing = FailingSession(clf._sessions[0])
         clf._sessions[0] = failing
-        await until(lambda: daemon.snapshot()["inference"]["failures"] >= 3, 60, "failures")
+        await until(lambda: daemon.snapshot().inference.failures >= 3, 60, "failures")
         assert not run.done()
         snap = daemon.snapshot()
-        assert snap["cameras"]["cam"]["frames_failed"] >= 3
-        assert "CUDA failure 700" in snap["inference"]["last_error"]
+        assert snap.cameras["cam"].frames_failed >= 3
+        assert "CUDA failure 700" in (snap.inference.last_error or "")
         assert daemon.health is not None
         async with (
             aiohttp.ClientSession() as http,

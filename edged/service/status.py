@@ -1,0 +1,149 @@
+"""What the daemon says about itself: the heartbeat, the health snapshot, the watchdog.
+
+Built from the components as they are now, as the typed contracts of
+:mod:`edged.contracts.status` (one ``to_json()`` each, the wire shapes of CONTRACT.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from edged import __version__
+from edged.config import PrivacySettings
+from edged.contracts.status import (
+    CameraHeartbeat,
+    HealthSnapshot,
+    Heartbeat,
+    ModelStatus,
+    SpoolStatus,
+)
+from edged.privacy import per_person_allowed
+from edged.runtime.tracking import iso_utc
+from edged.service.cameras import Cameras
+from edged.service.scheduler import Components, Scheduler
+from edged.service.sdnotify import Notifier
+from edged.service.workers import wait_event
+
+log = structlog.get_logger(__name__)
+
+
+def faces_shown(faces: int | None, privacy: PrivacySettings) -> int | None:
+    """The face count a report may carry. In aggregate mode with ``min_faces`` set, a count
+    below the minimum is withheld (``None``): no report leaving the device may describe
+    fewer people than that, not even by their presence."""
+    if not per_person_allowed(privacy) and 0 < (faces or 0) < privacy.min_faces:
+        return None
+    return faces
+
+
+class StatusReporter:
+    """Heartbeats on MQTT, snapshots for /health, watchdog pings for systemd."""
+
+    def __init__(
+        self,
+        components: Components,
+        cameras: Cameras,
+        scheduler: Scheduler,
+        notifier: Notifier,
+        stop: asyncio.Event,
+    ) -> None:
+        self.c = components
+        self.cameras = cameras
+        self.scheduler = scheduler
+        self.notifier = notifier
+        self._stop = stop
+
+    async def heartbeat_loop(self) -> None:
+        """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
+        last = 0.0
+        was_connected = False
+        while not self._stop.is_set():
+            if self.c.publisher is not None:
+                connected = self.c.publisher.connected
+                now = time.monotonic()
+                due = now - last >= self.c.settings.mqtt.heartbeat_s
+                if connected and (due or not was_connected):
+                    self.c.publisher.publish_heartbeat(self.heartbeat().to_json())
+                    last = now
+                was_connected = connected
+            await wait_event(self._stop, min(self.c.settings.mqtt.heartbeat_s, 0.5))
+
+    async def watchdog_loop(self) -> None:
+        """Ping systemd's watchdog only while the loop and the inference thread make progress."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while not self._stop.is_set():
+            busy_s = self.scheduler.rt.busy_s()
+            if busy_s > 4 * interval:
+                log.error("watchdog_withheld", reason="inference thread stuck", busy_s=busy_s)
+            else:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def inference_busy_s(self) -> float:
+        return self.scheduler.rt.busy_s()
+
+    def models(self) -> ModelStatus:
+        pipeline = self.c.pipeline
+        if pipeline is None:
+            return ModelStatus()
+        loaded = pipeline.loaded
+        fallbacks = [f"{f.kind} {f.name}: {f.reason}" for f in loaded.fallbacks] if loaded else []
+        return ModelStatus(dict(pipeline.models), dict(pipeline.providers), tuple(fallbacks))
+
+    def line(self) -> str:
+        return f"{len(self.cameras)} camera(s), models {self.models().providers}"
+
+    def heartbeat_camera(self, stats: Mapping[str, Any]) -> dict[str, object]:
+        """One camera's heartbeat fields from its figures (as :meth:`heartbeat` writes them)."""
+        cam = CameraHeartbeat(
+            stats["state"],
+            stats["fps_in"],
+            stats["fps_processed"],
+            faces_shown(stats["faces"], self.c.settings.privacy),
+            stats["dropped_frames"],
+            stats["last_frame_age_s"],
+        )
+        return cam.to_json()
+
+    def heartbeat(self) -> Heartbeat:
+        mqtt = self.c.publisher.stats() if self.c.publisher else None
+        privacy = self.c.settings.privacy
+        return Heartbeat(
+            ts=iso_utc(time.time()),
+            device=self.c.settings.device.id,
+            uptime_s=round(time.monotonic() - self.scheduler.rt.started, 1),
+            version=__version__,
+            phase=self.c.settings.pipeline.phase,
+            models=self.models(),
+            cameras={
+                cid: st.heartbeat(faces_shown(st.faces, privacy))
+                for cid, st in self.cameras.status().items()
+            },
+            spool=SpoolStatus.from_publisher(mqtt),
+        )
+
+    def snapshot(self) -> HealthSnapshot:
+        """What /health and /metrics read: cheap, taken on the loop, never blocks."""
+        mqtt = self.c.publisher.stats() if self.c.publisher else None
+        rt = self.scheduler.rt
+        return HealthSnapshot(
+            uptime_s=time.monotonic() - rt.started,
+            version=__version__,
+            phase=self.c.settings.pipeline.phase,
+            models=self.models(),
+            cameras=self.cameras.status(),
+            mqtt=mqtt,
+            spool=SpoolStatus.from_publisher(mqtt),
+            inference_busy_s=rt.busy_s(),
+            inference=rt.inference_status(),
+        )
+
+
+__all__ = ["StatusReporter", "faces_shown"]
