@@ -19,6 +19,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edged import __version__
+from edged.cli.schema import schema as schema_command
 from edged.errors import EdgedError
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ cameras_app = typer.Typer(help="Camera sources.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(cameras_app, name="cameras")
+app.command("schema")(schema_command)
 
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
