@@ -175,16 +175,21 @@ class MqttRecorder:
         client_id: str | None = None,
         clean_session: bool = True,
         tls: dict[str, Any] | None = None,
+        protocol: str = "3.1.1",
     ) -> None:
         self.messages: list[Message] = []
+        #: ``(topic, MQTT 5 properties or None)`` of every message, in arrival order.
+        self.properties: list[tuple[str, Any]] = []
         self._cv = threading.Condition()
         self._topics = list(topics)
         self._subscribed = 0
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"recorder-{id(self):x}",
-            protocol=MQTTProtocolVersion.MQTTv311,
-            clean_session=clean_session,
+            protocol=MQTTProtocolVersion.MQTTv5
+            if protocol == "5"
+            else MQTTProtocolVersion.MQTTv311,
+            clean_session=clean_session if protocol != "5" else None,
         )
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -213,6 +218,7 @@ class MqttRecorder:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cv:
             self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+            self.properties.append((msg.topic, getattr(msg, "properties", None)))
             self._cv.notify_all()
 
     def wait_subscribed(self, timeout: float = 10.0, count: int = 1) -> None:

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "edged.logs": 0,
     "edged.sources": 1,
     "edged.models.catalog": 1,  # declarative: what a model is, its crop, its phase
+    "edged.schemas": 1,  # the shipped JSON Schemas of the payloads (package data)
     "edged.config": 2,
     "edged.contracts": 2,
     "edged.privacy": 2,  # what may leave the device: the policy every gate applies

@@ -32,6 +32,7 @@ from edged.cli.common import (
     errors,
     setup_logging,
 )
+from edged.cli.schema import schema as schema_command
 from edged.errors import EdgedError
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(cameras.app, name="cameras")
+app.command("schema")(schema_command)
 
 
 def _version(value: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Literal
 
 from edged.errors import PublishError
@@ -110,9 +111,14 @@ class StateAttributes:
 
     faces: int
     tracks: tuple[TrackState, ...] = ()
+    schema: int = 1
 
     def to_json(self) -> dict[str, object]:
-        return {"faces": self.faces, "tracks": [t.to_json() for t in self.tracks]}
+        return {
+            "schema": self.schema,
+            "faces": self.faces,
+            "tracks": [t.to_json() for t in self.tracks],
+        }
 
 
 @dataclass(frozen=True)
@@ -150,16 +156,38 @@ class AggregateReport:
         }
 
 
+def utc_now_iso() -> str:
+    """Now as the payloads write it: ISO-8601 UTC with milliseconds and a ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class ConfigResult:
-    """``<base>/config/result``: whether a ``config/set`` was applied, and if not why."""
+    """``<base>/config/result``: whether a ``config/set`` was applied, and if not why.
+
+    ``id`` echoes the request's ``"id"`` (``None`` when it carried none), so an operator
+    who sent several changes can tell which one an answer is about.
+    """
 
     ok: bool
     error: str | None
     ts: str
+    id: str | None = None
+    schema: int = 1
+
+    @classmethod
+    def now(cls, ok: bool, error: str | None, request_id: str | None = None) -> ConfigResult:
+        """The answer to request ``request_id``, stamped now."""
+        return cls(ok=ok, error=error, ts=utc_now_iso(), id=request_id)
 
     def to_json(self) -> dict[str, object]:
-        return {"ok": self.ok, "error": self.error, "ts": self.ts}
+        return {
+            "schema": self.schema,
+            "id": self.id,
+            "ok": self.ok,
+            "error": self.error,
+            "ts": self.ts,
+        }
 
 
 __all__ = [
@@ -171,4 +199,5 @@ __all__ = [
     "StateAttributes",
     "TrackState",
     "json_bytes",
+    "utc_now_iso",
 ]

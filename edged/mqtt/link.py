@@ -25,11 +25,13 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -39,6 +41,42 @@ from edged.mqtt.spool import SpoolRow
 from edged.mqtt.topics import STATUS_OFFLINE, topics_for
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """MQTT 5 properties of one message; ignored on a 3.1.1 connection, which has none.
+
+    ``content_type`` tells a generic subscriber how to read the payload, ``expiry_s`` lets
+    the broker drop a message nobody read in time (a heartbeat is stale after two
+    intervals), ``correlation_data`` ties an answer to its request.
+    """
+
+    content_type: str | None = None
+    expiry_s: int | None = None
+    correlation_data: bytes | None = None
+
+    def properties(self, packet: int = PacketTypes.PUBLISH) -> Properties | None:
+        """paho's properties for this meta (``None`` when there is nothing to say)."""
+        if self == NO_META:
+            return None
+        props = Properties(packet)  # type: ignore[no-untyped-call]
+        if self.content_type is not None:
+            props.ContentType = self.content_type
+        if self.expiry_s is not None:
+            props.MessageExpiryInterval = max(1, int(self.expiry_s))
+        if self.correlation_data is not None:
+            props.CorrelationData = self.correlation_data
+        return props
+
+
+NO_META = Meta()
+JSON = Meta(content_type="application/json")
+TEXT = Meta(content_type="text/plain")
+
+
+def is_v5(client: mqtt.Client) -> bool:
+    return client.protocol == MQTTProtocolVersion.MQTTv5
 
 
 class _Client(mqtt.Client):
@@ -157,7 +195,10 @@ def build_client(settings: Settings, link: Link) -> mqtt.Client:
     if m.username:
         client.username_pw_set(m.username, m.resolved_password() or None)
     _set_tls(client, m)
-    client.will_set(topics_for(settings).status, STATUS_OFFLINE, qos=1, retain=True)
+    will = TEXT.properties(PacketTypes.WILLMESSAGE) if v5 else None
+    client.will_set(
+        topics_for(settings).status, STATUS_OFFLINE, qos=1, retain=True, properties=will
+    )
     link.bind(client)
     try:
         if v5:
@@ -268,21 +309,31 @@ class Link:
     # -- publishing -----------------------------------------------------------------------
 
     def publish_on(
-        self, client: mqtt.Client, topic: str, payload: str | bytes, qos: int, retain: bool
+        self,
+        client: mqtt.Client,
+        topic: str,
+        payload: str | bytes,
+        qos: int,
+        retain: bool,
+        meta: Meta = NO_META,
     ) -> mqtt.MQTTMessageInfo:
-        """``client.publish`` plus mid registration (so ``on_publish`` can tell it apart)."""
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        """``client.publish`` plus mid registration (so ``on_publish`` can tell it apart);
+        ``meta`` becomes MQTT 5 properties on a v5 connection and is dropped on 3.1.1."""
+        props = meta.properties() if is_v5(client) else None
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._register(info.mid, None)
         return info
 
-    def publish(self, topic: str, payload: str | bytes, qos: int, retain: bool) -> bool:
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int, retain: bool, meta: Meta = NO_META
+    ) -> bool:
         """Publish (not an event) if connected; ``False`` when not handed to paho."""
         with self.cv:
             client, connected = self._client, self._connected
         if client is None or not connected:
             return False
-        info = self.publish_on(client, topic, payload, qos, retain)
+        info = self.publish_on(client, topic, payload, qos, retain, meta)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def room(self, gen: int) -> tuple[mqtt.Client, int] | None:
@@ -300,7 +351,11 @@ class Link:
                 if not self._connected or self.gen != gen:
                     return False
             try:
-                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                # Every spooled row (event, aggregate report) is JSON.
+                props = JSON.properties() if is_v5(client) else None
+                info = client.publish(
+                    row.topic, row.payload, qos=row.qos, retain=row.retain, properties=props
+                )
             except ValueError as exc:  # a row paho can never send: do not block on it
                 log.error("mqtt_event_unsendable", spool_id=row.id, error=str(exc))
                 with self.cv:

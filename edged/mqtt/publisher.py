@@ -8,6 +8,11 @@
 * :mod:`edged.mqtt.homeassistant` — discovery configs and unique ids;
 * :mod:`edged.mqtt.router` — inbound ``config/set`` and Home Assistant birth messages.
 
+**MQTT 5** (``[mqtt] protocol = "5"``): every payload carries its content type
+(``application/json`` or ``text/plain``), heartbeats a message expiry of two intervals, and
+a ``config/result`` goes to the request's response topic with its correlation data when
+the request gave them. Under 3.1.1 none of these exist and nothing else changes.
+
 **Privacy is enforced again at this gate** (:mod:`edged.privacy`): events and attributes
 are minimised before they are encoded, per-person payloads are refused in aggregate mode,
 spooled events are re-shaped (or dropped) when the settings tighten.
@@ -23,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -40,15 +45,17 @@ from edged.contracts.events import (
 )
 from edged.contracts.publisher import PublisherStatus
 from edged.errors import PublishError, SpoolError
-from edged.mqtt.homeassistant import (
-    aggregate_discovery_config,
-    aggregate_unique_id,
-    discovery_config,
-    discovery_unique_id,
+from edged.mqtt.homeassistant import aggregate_unique_id, discovery_unique_id
+from edged.mqtt.link import (
+    TEXT,
+    Link,
+    Meta,
+    build_client,
+    connect_error_reason,
+    connection_key,
 )
-from edged.mqtt.link import Link, build_client, connect_error_reason, connection_key
 from edged.mqtt.retained import RetainedState, load_owned
-from edged.mqtt.router import Router
+from edged.mqtt.router import ConfigRequest, Router
 from edged.mqtt.sender import Sender
 from edged.mqtt.spool import Spool, SpoolRow, spool_path
 from edged.mqtt.topics import (
@@ -66,8 +73,22 @@ log = structlog.get_logger(__name__)
 DEFAULT_MAX_INFLIGHT = 20
 
 
-def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class JsonPayload(Protocol):
+    """A typed payload (``edged.contracts``): its ``to_json()`` is its wire form."""
+
+    def to_json(self) -> Mapping[str, object]: ...
+
+
+def _legacy_hook(hook: Callable[[bytes], None]) -> Callable[[ConfigRequest], None]:
+    """A ``config/set`` hook that takes the raw payload only (the pre-MQTT 5 signature)."""
+    return lambda request: hook(request.payload)
+
+
+def _reply_topic(topic: str | None) -> str | None:
+    """A response topic we can publish to: no wildcard, no empty or NUL-bearing name."""
+    if not topic or any(c in topic for c in "+#\0"):
+        return None
+    return topic
 
 
 def _open_spool(settings: Settings) -> Spool:
@@ -107,9 +128,11 @@ class Publisher:
     :meth:`publish_event_async` on the loop); the others never touch SQLite, so they are
     safe to call directly on the event loop.
 
-    ``on_config_set`` receives the raw payload of each (non-retained) ``<base>/config/set``
-    message, on paho's network thread; marshal it to the event loop with
-    ``loop.call_soon_threadsafe``. The subscription exists only while the hook is set.
+    ``on_config_request`` receives each (non-retained) ``<base>/config/set`` message as a
+    :class:`~edged.mqtt.router.ConfigRequest` (payload, request id, MQTT 5 response topic
+    and correlation data), on paho's network thread; marshal it to the event loop with
+    ``loop.call_soon_threadsafe``. ``on_config_set`` is the older form that receives the
+    raw payload only. The subscription exists only while a hook is set.
     """
 
     def __init__(
@@ -117,6 +140,7 @@ class Publisher:
         settings: Settings,
         *,
         on_config_set: Callable[[bytes], None] | None = None,
+        on_config_request: Callable[[ConfigRequest], None] | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         spool: Spool | None = None,
     ) -> None:
@@ -135,7 +159,9 @@ class Publisher:
         self._client_key: tuple[object, ...] | None = None
         self._owns_spool = spool is None
         self._spool = spool if spool is not None else _open_spool(settings)
-        self._router = Router(on_config_set, self._on_homeassistant_online)
+        if on_config_request is None and on_config_set is not None:
+            on_config_request = _legacy_hook(on_config_set)
+        self._router = Router(on_config_request, self._on_homeassistant_online)
         self._link = Link(
             max_inflight,
             on_connected=self._on_connected,
@@ -154,11 +180,11 @@ class Publisher:
         self._executor: ThreadPoolExecutor | None = None
 
     @property
-    def on_config_set(self) -> Callable[[bytes], None] | None:
+    def on_config_request(self) -> Callable[[ConfigRequest], None] | None:
         return self._router.on_config_set
 
-    @on_config_set.setter
-    def on_config_set(self, hook: Callable[[bytes], None] | None) -> None:
+    @on_config_request.setter
+    def on_config_request(self, hook: Callable[[ConfigRequest], None] | None) -> None:
         self._router.on_config_set = hook
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -228,7 +254,7 @@ class Publisher:
             flushed_ok = self._sender.wait_flushed(deadline - reserve)
         exited = self._sender.stop(deadline)
         if self._link.connected:
-            info = self._link.publish_on(client, self._topics.status, STATUS_OFFLINE, 1, True)
+            info = self._link.publish_on(client, self._topics.status, STATUS_OFFLINE, 1, True, TEXT)
             try:
                 info.wait_for_publish(max(0.05, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
@@ -348,32 +374,62 @@ class Publisher:
         """
         self._retained.set_state(camera_id, emotion, attributes)
 
-    def publish_heartbeat(self, payload: Mapping[str, object]) -> bool:
-        """``<base>/heartbeat`` at QoS 0, not retained; dropped (``False``) when offline."""
-        return self._link.publish(self._topics.heartbeat, json_bytes(payload), 0, False)
+    def publish_camera_status(self, camera_id: str, online: bool) -> None:
+        """Retained ``<base>/<camera>/status`` ``online``/``offline``: is the camera producing
+        frames (Home Assistant's per-camera availability). Remembered, re-sent on every
+        connection, emptied when the camera leaves the list given to
+        :meth:`publish_discovery`."""
+        self._retained.set_camera_status(camera_id, online)
 
-    def publish_config_result(self, ok: bool, error: str | None) -> bool:
-        """``<base>/config/result`` ``{ok, error, ts}`` at QoS 1, not retained.
+    def publish_heartbeat(self, payload: Mapping[str, object] | JsonPayload) -> bool:
+        """``<base>/heartbeat`` at QoS 0, not retained; dropped (``False``) when offline.
+        Under MQTT 5 it expires after two intervals: a late one describes the past."""
+        body = payload if isinstance(payload, Mapping) else payload.to_json()
+        expiry = Meta("application/json", expiry_s=round(2 * self._settings.mqtt.heartbeat_s))
+        return self._link.publish(self._topics.heartbeat, json_bytes(body), 0, False, expiry)
+
+    def publish_config_result(
+        self,
+        result: ConfigResult | bool,
+        error: str | None = None,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> bool:
+        """Answer a ``config/set`` at QoS 1, not retained: on ``<base>/config/result``, or
+        under MQTT 5 on the request's ``response_topic`` (with its ``correlation_data``)
+        when it gave one. ``result`` is a :class:`~edged.contracts.events.ConfigResult`
+        (its ``id`` echoes the request's), or the older ``(ok, error)`` pair.
 
         ``False`` while disconnected; the newest such answer is then sent on the next
         connection if that comes soon (``RESULT_GRACE_S``): a change of the MQTT settings
         reconnects while it is applied, and its sender must still get the answer.
         """
-        if error is not None:  # an echoed value may hold what UTF-8 cannot encode
-            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
-        result = ConfigResult(ok=ok, error=error, ts=_utc_now_iso())
-        return self._retained.publish_result(json_bytes(result.to_json()))
+        if isinstance(result, bool):
+            result = ConfigResult.now(result, error)
+        if result.error is not None:  # an echoed value may hold what UTF-8 cannot encode
+            clean = result.error.encode("utf-8", "backslashreplace").decode("utf-8")
+            result = ConfigResult(result.ok, clean, result.ts, result.id, result.schema)
+        v5 = self._settings.mqtt.protocol == "5"
+        topic = _reply_topic(response_topic) if v5 else None
+        meta = Meta("application/json", correlation_data=correlation_data if v5 else None)
+        return self._retained.publish_result(json_bytes(result.to_json()), topic, meta)
 
-    def publish_discovery(self, cameras: list[str]) -> None:
-        """Announce one Home Assistant sensor per camera (retained configs).
+    def publish_discovery(
+        self, cameras: Sequence[str], labels: Sequence[str] | None = None
+    ) -> None:
+        """Announce Home Assistant devices: edged itself and one per camera (retained).
 
-        Call at start and after every reload with the full camera list. Every retained
-        topic this device owns (remembered across restarts) that the list and settings no
-        longer want is emptied: the discovery config and retained emotion/attributes of a
-        removed camera, and every config when ``[mqtt] homeassistant = false``. Configs are
-        re-sent on every connection and whenever ``<ha prefix>/status`` says ``online``.
+        ``labels`` are the running classifier's canonical labels (the emotion sensor's
+        options, with ``none``); without them the last ones given, at first the
+        contract's eight. Call at start and after every reload with the full camera list.
+        Every retained topic this device owns (remembered across restarts) that the list
+        and settings no longer want is emptied: a removed camera's device config, status
+        and retained emotion/attributes, every config when ``[mqtt] homeassistant =
+        false``, and per-entity configs of earlier releases. Configs are re-sent on every
+        connection and whenever ``<ha prefix>/status`` says ``online``.
         """
-        self._retained.set_cameras(cameras)
+        self._retained.set_cameras(cameras, labels)
 
     # -- connection events -------------------------------------------------------------------
 
@@ -396,7 +452,7 @@ class Publisher:
 
     def _announce(self) -> None:
         """First thing on a new connection (sender thread): ``online``, then retained state."""
-        self._link.publish(self._topics.status, STATUS_ONLINE, 1, True)
+        self._link.publish(self._topics.status, STATUS_ONLINE, 1, True, TEXT)
         self._retained.announce()
 
     # -- observability -----------------------------------------------------------------------
@@ -433,12 +489,12 @@ __all__ = [
     "DEFAULT_MAX_INFLIGHT",
     "STATUS_OFFLINE",
     "STATUS_ONLINE",
+    "ConfigRequest",
+    "JsonPayload",
     "Publisher",
     "Topics",
-    "aggregate_discovery_config",
     "aggregate_unique_id",
     "connect_error_reason",
-    "discovery_config",
     "discovery_unique_id",
     "topics_for",
 ]

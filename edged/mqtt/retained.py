@@ -1,15 +1,17 @@
-"""Retained state: per-camera emotion/attributes, discovery configs, and the topics we own.
+"""Retained state: per-camera emotion/attributes/status, discovery configs, and the topics
+we own.
 
-**State is "latest wins"**: the per-camera ``emotion``/``attributes`` and the discovery
-configs are remembered, not spooled, and re-published (retained) on every connection, so
+**State is "latest wins"**: the per-camera ``emotion``/``attributes``/``status`` and the
+discovery configs are remembered, not spooled, and re-published (retained) on every connection, so
 retained state is right after an outage even if the broker lost it; unchanged values are
 not re-sent on the same connection.
 
 **Owned topics.** Every retained topic this device published content to is remembered in
 the spool file (key ``retained_topics``), so one the settings or camera list no longer
-want, even after a restart, is emptied on the next connection: a removed camera's state
-and discovery, every config when ``[mqtt] homeassistant = false``, all per-person state in
-aggregate mode.
+want, even after a restart, is emptied on the next connection: a removed camera's state,
+status and discovery, every config when ``[mqtt] homeassistant = false``, all per-person
+state in aggregate mode, and the per-entity configs (``<ha>/sensor/<id>/config``) of
+releases before device-based discovery.
 
 **The event loop never waits on the disk.** The ``set_*`` methods only touch memory and
 queue packets with ``client.publish``; the owned list is marked dirty and written by the
@@ -21,17 +23,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 
 from edged.config import PrivacySettings, Settings
 from edged.contracts.events import StateAttributes, json_bytes
 from edged.errors import SpoolError
-from edged.mqtt.homeassistant import sensor_config, sensor_unique_id
-from edged.mqtt.link import Link
+from edged.models.catalog import CANONICAL_LABELS
+from edged.mqtt.homeassistant import Discovery, discovery_configs
+from edged.mqtt.link import JSON, TEXT, Link, Meta
 from edged.mqtt.spool import Spool
-from edged.mqtt.topics import check_camera_id, topics_for
+from edged.mqtt.topics import STATUS_OFFLINE, STATUS_ONLINE, check_camera_id, topics_for
 from edged.privacy import minimise_attributes, per_person_allowed
 
 log = structlog.get_logger(__name__)
@@ -73,12 +76,15 @@ class RetainedState:
         self._sent: dict[str, tuple[int, str, bytes]] = {}  # camera -> (gen, emotion, attrs)
         self._cameras: list[str] = []
         self._cameras_known = False  # set_cameras called: stale topics can be told
+        self._labels: tuple[str, ...] = CANONICAL_LABELS  # the emotion sensor's options
+        self._camera_online: dict[str, bool] = {}
+        self._status_sent: dict[str, tuple[int, bool]] = {}  # camera -> (gen, online)
         self._owned = owned
         self._owned_dirty = False  # changed since last written (by persist)
         self._save_failing = False
         self._clears: set[str] = set()  # retained topics to empty when connected
-        # The newest config/result that found no connection, and when (monotonic).
-        self._unsent_result: tuple[bytes, float] | None = None
+        # The newest config/result that found no connection: topic, body, meta, monotonic.
+        self._unsent_result: tuple[str, bytes, Meta, float] | None = None
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -89,6 +95,7 @@ class RetainedState:
             self._settings = settings
             self._topics = topics_for(settings)
             self._sent.clear()
+            self._status_sent.clear()
             self._reconcile()
 
     def set_privacy(self, privacy: PrivacySettings) -> None:
@@ -107,14 +114,19 @@ class RetainedState:
             for camera in list(self._states):
                 self._send_state(camera)
 
-    def set_cameras(self, cameras: Iterable[str]) -> None:
-        """The full camera list: discovery for each, stale owned topics emptied."""
+    def set_cameras(self, cameras: Iterable[str], labels: Sequence[str] | None = None) -> None:
+        """The full camera list (and the classifier's labels, when known): discovery for
+        each, stale owned topics emptied."""
         with self._lock:
             wanted = [check_camera_id(c) for c in dict.fromkeys(cameras)]
+            if labels:
+                self._labels = tuple(dict.fromkeys(labels))
             for camera in self._cameras:
                 if camera not in wanted:
                     self._states.pop(camera, None)
                     self._sent.pop(camera, None)
+                    self._camera_online.pop(camera, None)
+                    self._status_sent.pop(camera, None)
             self._cameras = wanted
             self._cameras_known = True
             self._reconcile()
@@ -135,21 +147,39 @@ class RetainedState:
             self._clears.discard(self._topics.attributes(camera_id))
             self._send_state(camera_id)
 
-    def publish_result(self, body: bytes) -> bool:
-        """A config/result; kept for the next connection when there is none now."""
+    def set_camera_status(self, camera_id: str, online: bool) -> None:
+        """Remember and (if connected and changed) publish ``<base>/<camera>/status``.
+
+        A camera the current list does not name is ignored: its topic would only be
+        emptied again by the next reconciliation."""
+        check_camera_id(camera_id)
         with self._lock:
-            sent = self._link.publish(self._topics.config_result, body, 1, False)
-            self._unsent_result = None if sent else (body, time.monotonic())
+            if self._cameras_known and camera_id not in self._cameras:
+                log.debug("camera_status_ignored", camera=camera_id, reason="not configured")
+                return
+            self._camera_online[camera_id] = online
+            self._clears.discard(self._topics.camera_status(camera_id))
+            self._send_status(camera_id)
+
+    def publish_result(self, body: bytes, topic: str | None = None, meta: Meta = JSON) -> bool:
+        """A config/result (to ``topic``, default ``config/result``); kept for the next
+        connection when there is none now."""
+        target = topic or self._topics.config_result
+        with self._lock:
+            sent = self._link.publish(target, body, 1, False, meta)
+            self._unsent_result = None if sent else (target, body, meta, time.monotonic())
         return sent
 
     def announce(self) -> None:
         """A new connection: the unsent result, pending clears, discovery, every state."""
         with self._lock:
             unsent, self._unsent_result = self._unsent_result, None
-            if unsent is not None and time.monotonic() - unsent[1] < RESULT_GRACE_S:
-                self._link.publish(self._topics.config_result, unsent[0], 1, False)
+            if unsent is not None and time.monotonic() - unsent[3] < RESULT_GRACE_S:
+                self._link.publish(unsent[0], unsent[1], 1, False, unsent[2])
             self._flush_clears()
             self._send_discovery()
+            for camera in list(self._camera_online):
+                self._send_status(camera)
             for camera in list(self._states):
                 self._send_state(camera)
 
@@ -204,9 +234,10 @@ class RetainedState:
         for camera in self._cameras:
             if per_person:
                 wanted.update((self._topics.emotion(camera), self._topics.attributes(camera)))
-            if self._settings.mqtt.homeassistant:
-                uid = sensor_unique_id(self._settings, self._privacy, camera)
-                wanted.add(self._topics.ha_config(uid))
+            if camera in self._camera_online:
+                wanted.add(self._topics.camera_status(camera))
+        if self._settings.mqtt.homeassistant:
+            wanted.update(d.topic for d in self._discovery())
         self._clears = (self._clears | (self._owned - wanted)) - wanted
 
     def _flush_clears(self) -> None:
@@ -217,15 +248,28 @@ class RetainedState:
             self._mark_dirty()
             log.info("retained_topics_cleared", topics=cleared)
 
+    def _discovery(self) -> list[Discovery]:
+        return discovery_configs(self._settings, self._privacy, self._cameras, self._labels)
+
     def _send_discovery(self) -> None:
-        if not self._settings.mqtt.homeassistant:
+        if not self._settings.mqtt.homeassistant or not self._cameras_known:
             return
-        for camera in self._cameras:
-            uid = sensor_unique_id(self._settings, self._privacy, camera)
-            topic = self._topics.ha_config(uid)
-            body = json_bytes(sensor_config(self._settings, self._privacy, camera))
-            if self._link.publish(topic, body, 1, True):
-                self._own(topic)
+        for item in self._discovery():
+            if self._link.publish(item.topic, json_bytes(item.config), 1, True, JSON):
+                self._own(item.topic)
+
+    def _send_status(self, camera_id: str) -> None:
+        """Publish a camera's status if it differs from what this connection has."""
+        with self._link.cv:
+            gen, connected = self._link.gen, self._link.connected_locked
+        online = self._camera_online.get(camera_id)
+        if not connected or online is None or self._status_sent.get(camera_id) == (gen, online):
+            return
+        topic = self._topics.camera_status(camera_id)
+        payload = STATUS_ONLINE if online else STATUS_OFFLINE
+        if self._link.publish(topic, payload, 1, True, TEXT):
+            self._status_sent[camera_id] = (gen, online)
+            self._own(topic)
 
     def _send_state(self, camera_id: str) -> None:
         """Publish a camera's remembered state if it differs from what this connection has."""
@@ -242,9 +286,9 @@ class RetainedState:
         )
         ok = True
         if sent is None or sent[0] != gen or sent[1] != emotion:
-            ok = self._link.publish(emotion_topic, emotion, 1, True)
+            ok = self._link.publish(emotion_topic, emotion, 1, True, TEXT)
         if ok and (sent is None or sent[0] != gen or sent[2] != attrs):
-            ok = self._link.publish(attrs_topic, attrs, 1, True)
+            ok = self._link.publish(attrs_topic, attrs, 1, True, JSON)
         if ok:
             self._sent[camera_id] = (gen, emotion, attrs)
             self._own(emotion_topic, attrs_topic)

@@ -1,13 +1,16 @@
 """Inbound MQTT: which topics edged subscribes to and where each message goes.
 
 Handlers are plain callables, so the transport knows nothing of reloads or discovery:
-``config/set`` goes to the daemon's hook (raw bytes), Home Assistant's birth message
+``config/set`` goes to the daemon's hook (a :class:`ConfigRequest`: the raw bytes and,
+under MQTT 5, where and how to answer), Home Assistant's birth message
 (``<ha prefix>/status`` = ``online``) to whoever re-sends discovery.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -15,6 +18,42 @@ import structlog
 from edged.mqtt.topics import STATUS_ONLINE, Topics
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """One inbound ``config/set``: its payload and the MQTT 5 request/response properties.
+
+    ``response_topic`` and ``correlation_data`` are ``None`` under 3.1.1 or when the sender
+    set none; pass both to :meth:`~edged.mqtt.publisher.Publisher.publish_config_result`
+    so the answer reaches the sender's reply topic with its correlation data.
+    """
+
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        """The request's ``"id"`` (a string), echoed in ``config/result``; ``None`` when the
+        payload has none or is not a JSON object (the answer then still goes out)."""
+        try:
+            data = json.loads(self.payload)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        rid = data.get("id") if isinstance(data, dict) else None
+        return rid if isinstance(rid, str) else None
+
+    @classmethod
+    def from_message(cls, msg: mqtt.MQTTMessage) -> ConfigRequest:
+        props = getattr(msg, "properties", None)
+        topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        return cls(
+            payload=bytes(msg.payload),
+            response_topic=topic if isinstance(topic, str) and topic else None,
+            correlation_data=bytes(corr) if isinstance(corr, (bytes, bytearray)) else None,
+        )
 
 
 class Router:
@@ -26,7 +65,7 @@ class Router:
 
     def __init__(
         self,
-        on_config_set: Callable[[bytes], None] | None,
+        on_config_set: Callable[[ConfigRequest], None] | None,
         on_homeassistant_online: Callable[[], None],
     ) -> None:
         self.on_config_set = on_config_set
@@ -61,6 +100,6 @@ class Router:
         if hook is None:
             return
         try:
-            hook(bytes(msg.payload))
+            hook(ConfigRequest.from_message(msg))
         except Exception as exc:  # the paho thread must survive a faulty hook
             log.exception("config_set_hook_failed", error=str(exc))

@@ -47,12 +47,17 @@ class Topics:
     def attributes(self, camera_id: str) -> str:
         return f"{self.base}/{camera_id}/attributes"
 
+    def camera_status(self, camera_id: str) -> str:
+        """Retained ``online``/``offline``: is this camera producing frames."""
+        return f"{self.base}/{camera_id}/status"
+
     def aggregate(self, camera_id: str) -> str:
         """Aggregate mode's per-camera report (counts and an emotion distribution)."""
         return f"{self.base}/{camera_id}/aggregate"
 
-    def ha_config(self, unique_id: str) -> str:
-        return f"{self.ha_prefix}/sensor/{unique_id}/config"
+    def ha_device_config(self, object_id: str) -> str:
+        """Home Assistant device-based discovery: one config per device, all its entities."""
+        return f"{self.ha_prefix}/device/{object_id}/config"
 
 
 def topics_for(settings: Settings) -> Topics:

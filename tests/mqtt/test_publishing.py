@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from edged.config import Settings, build_settings
 from edged.errors import ConfigError, EdgedError, PublishError, SpoolError
 from edged.mqtt.publisher import Publisher, discovery_unique_id
-from tests.mqtt.payloads import attrs, event
+from tests.mqtt.payloads import attrs, event, heartbeat
 from tests.mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 DEVICE = "dev1"
@@ -45,23 +44,6 @@ def settings_data(state_dir: Path, broker: MosquittoBroker, **mqtt: Any) -> dict
 
 def make_settings(state_dir: Path, broker: MosquittoBroker, **mqtt: Any) -> Settings:
     return build_settings(settings_data(state_dir, broker, **mqtt))
-
-
-@pytest.fixture
-def recorder(mqtt_broker: MosquittoBroker) -> Iterator[MqttRecorder]:
-    rec = MqttRecorder(mqtt_broker.host, mqtt_broker.port)
-    rec.wait_subscribed()
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[Publisher]]:
-    """Publishers a test starts; stopped at teardown even when the test fails."""
-    started: list[Publisher] = []
-    yield started
-    for pub in started:
-        pub.stop(timeout=1.0)
 
 
 def start(publishers: list[Publisher], settings: Settings, **kw: Any) -> Publisher:
@@ -354,7 +336,7 @@ def test_unchanged_state_is_not_resent_on_the_same_connection(
     pub.publish_state("door", "happy", attrs(0))
     recorder.wait_for(has_payload(f"{BASE}/door/emotion", b"happy"), what="happy")
     assert recorder.payloads(f"{BASE}/door/emotion") == [b"neutral", b"happy"]
-    assert recorder.payloads(f"{BASE}/door/attributes") == [b'{"faces":0,"tracks":[]}']
+    assert recorder.payloads(f"{BASE}/door/attributes") == [b'{"schema":1,"faces":0,"tracks":[]}']
 
 
 def test_discovery_configs_are_retained_and_resent_when_homeassistant_comes_online(
@@ -367,16 +349,21 @@ def test_discovery_configs_are_retained_and_resent_when_homeassistant_comes_onli
     pub.publish_discovery(["door", "hall"])
     uid = discovery_unique_id(DEVICE, "door")
     assert uid == "edged_dev1_door_emotion"
-    topic = f"homeassistant/sensor/{uid}/config"
+    topic = "homeassistant/device/edged_dev1_door/config"
     config = json.loads(retained_snapshot(mqtt_broker, topic).payload)
-    assert config["unique_id"] == uid
-    assert config["state_topic"] == f"{BASE}/door/emotion"
-    assert config["json_attributes_topic"] == f"{BASE}/door/attributes"
-    assert config["availability_topic"] == f"{BASE}/status"
-    assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
-    assert config["device"]["model"] == "edged"
+    emotion = config["components"]["emotion"]
+    assert emotion["unique_id"] == uid
+    assert emotion["state_topic"] == f"{BASE}/door/emotion"
+    assert emotion["json_attributes_topic"] == f"{BASE}/door/attributes"
+    assert config["availability"][0]["topic"] == f"{BASE}/status"
+    availability = config["availability"][0]
+    assert (availability["payload_available"], availability["payload_not_available"]) == (
+        "online",
+        "offline",
+    )
+    assert config["device"]["model"] == "edged camera"
     assert {"identifiers", "name", "sw_version", "manufacturer"} <= set(config["device"])
-    hall = retained_snapshot(mqtt_broker, "homeassistant/sensor/edged_dev1_hall_emotion/config")
+    hall = retained_snapshot(mqtt_broker, "homeassistant/device/edged_dev1_hall/config")
     assert hall.retain
     recorder.wait_for(lambda m: any(x.topic == topic for x in m), what="first config")
     before = len(recorder.on(topic))
@@ -397,7 +384,7 @@ def test_removed_camera_has_its_discovery_and_retained_state_cleared(
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
     pub.publish_discovery(["door", "hall"])
     pub.publish_state("hall", "angry", attrs(1))
-    hall_config = "homeassistant/sensor/edged_dev1_hall_emotion/config"
+    hall_config = "homeassistant/device/edged_dev1_hall/config"
     recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b"angry"), what="hall state")
     recorder.wait_for(lambda m: any(x.topic == hall_config for x in m), what="hall config")
     pub.publish_discovery(["door"])  # reload removed "hall"
@@ -407,7 +394,7 @@ def test_removed_camera_has_its_discovery_and_retained_state_cleared(
     late = MqttRecorder(mqtt_broker.host, mqtt_broker.port)
     try:
         late.wait_for(
-            lambda m: any(x.topic.endswith("edged_dev1_door_emotion/config") for x in m),
+            lambda m: any(x.topic.endswith("edged_dev1_door/config") for x in m),
             what="door config still retained",
         )
         assert not [m for m in late.messages if "hall" in m.topic]
@@ -423,10 +410,10 @@ def test_heartbeat_arrives_not_retained(
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
     wait_until(lambda: pub.stats().connected, what="connected")
-    assert pub.publish_heartbeat({"schema": 1, "uptime_s": 1.5}) is True
+    assert pub.publish_heartbeat(heartbeat(uptime_s=1.5)) is True
     msgs = recorder.wait_for(lambda m: any(x.topic == f"{BASE}/heartbeat" for x in m))
     beat = next(m for m in msgs if m.topic == f"{BASE}/heartbeat")
-    assert json.loads(beat.payload) == {"schema": 1, "uptime_s": 1.5}
+    assert json.loads(beat.payload) == heartbeat(uptime_s=1.5)
     assert beat.retain is False
 
 
@@ -435,7 +422,7 @@ def test_heartbeat_and_config_result_report_false_while_disconnected(
 ) -> None:
     broker = MosquittoBroker(tmp_path / "broker")  # not started
     pub = start(publishers, make_settings(tmp_path / "state", broker))
-    assert pub.publish_heartbeat({"schema": 1}) is False
+    assert pub.publish_heartbeat(heartbeat()) is False
     assert pub.publish_config_result(True, None) is False
     wait_until(lambda: pub.stats().last_error is not None, what="connect failure recorded")
     assert str(broker.port) in pub.stats().last_error
@@ -754,7 +741,7 @@ def test_state_and_discovery_calls_return_while_another_thread_holds_the_spool_l
         pub.publish_discovery(["door", "hall"])
         pub.publish_state("hall", "sad", attrs(2))
         pub.publish_discovery(["door"])  # hall's topics cleared: another owned change
-        assert pub.publish_heartbeat({"uptime_s": 1}) is True
+        assert pub.publish_heartbeat(heartbeat()) is True
         assert pub.publish_config_result(True, None) is True
         elapsed = time.monotonic() - began
         returned_while_held = not gave_up.is_set()
@@ -772,7 +759,8 @@ def test_state_and_discovery_calls_return_while_another_thread_holds_the_spool_l
     door = {
         f"{BASE}/door/emotion",
         f"{BASE}/door/attributes",
-        "homeassistant/sensor/edged_dev1_door_emotion/config",
+        "homeassistant/device/edged_dev1_door/config",
+        "homeassistant/device/edged_dev1/config",
     }
     wait_until(lambda: owned() == door, what="owned topics persisted by the sender")
 
@@ -913,7 +901,7 @@ def test_switching_homeassistant_off_by_reload_empties_the_discovery_configs(
 ) -> None:
     pub = start(publishers, make_settings(tmp_path, mqtt_broker))
     pub.publish_discovery(["door"])
-    topic = "homeassistant/sensor/edged_dev1_door_emotion/config"
+    topic = "homeassistant/device/edged_dev1_door/config"
     recorder.wait_for(lambda m: any(x.topic == topic and x.payload for x in m), what="config")
     pub.update_settings(make_settings(tmp_path, mqtt_broker, homeassistant=False))
     recorder.wait_for(has_payload(topic, b""), what="config emptied")
@@ -939,7 +927,7 @@ def test_a_camera_removed_while_the_daemon_was_down_is_cleared_after_restart(
     first = start(publishers, settings)
     first.publish_discovery(["door", "hall"])
     first.publish_state("hall", "angry", attrs(1))
-    hall_config = "homeassistant/sensor/edged_dev1_hall_emotion/config"
+    hall_config = "homeassistant/device/edged_dev1_hall/config"
     recorder.wait_for(has_payload(f"{BASE}/hall/emotion", b"angry"), what="hall state")
     recorder.wait_for(lambda m: any(x.topic == hall_config for x in m), what="hall config")
     first.stop(timeout=2.0)
@@ -952,7 +940,7 @@ def test_a_camera_removed_while_the_daemon_was_down_is_cleared_after_restart(
     def owned() -> list[str]:
         return list(json.loads(second.spool.get_value("retained_topics") or "[]"))
 
-    door_config = "homeassistant/sensor/edged_dev1_door_emotion/config"
+    door_config = "homeassistant/device/edged_dev1_door/config"
     # The door config is owned since the first run, and the clears are persisted by the
     # sender thread after they went out: wait for the persisted list, not for the first.
     wait_until(

@@ -127,7 +127,7 @@ def test_face_unseen_for_track_timeout_leaves_with_its_lifetime() -> None:
     assert left["emotion"] == "happy"
     assert left["duration_s"] == pytest.approx(3.0)
     assert left["bbox"] == [100, 100, 100, 120]
-    assert state(tracker) == ("none", {"faces": 0, "tracks": []})
+    assert state(tracker) == ("none", {"schema": 1, "faces": 0, "tracks": []})
 
 
 def test_a_track_that_never_established_an_emotion_leaves_silently() -> None:

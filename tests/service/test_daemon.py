@@ -231,16 +231,11 @@ def test_daemon_publishes_online_discovery_heartbeat_events_state_and_offline_on
     d = DaemonProcess(cfg, tmp_path / "daemon.log")
     daemons.append(d)
     rec.wait_for(status_is(b"online"), 30, "status online")
-    disc = rec.wait_for(
-        lambda ms: any(
-            m.topic == f"homeassistant/sensor/edged_{DEVICE}_cam_emotion/config" for m in ms
-        ),
-        10,
-        "HA discovery",
-    )
-    conf = json.loads(next(m for m in disc if m.topic.startswith("homeassistant/")).payload)
-    assert conf["state_topic"] == f"edged/{DEVICE}/cam/emotion"
-    assert conf["availability_topic"] == f"edged/{DEVICE}/status"
+    camera_device = f"homeassistant/device/edged_{DEVICE}_cam/config"
+    disc = rec.wait_for(lambda ms: any(m.topic == camera_device for m in ms), 10, "HA discovery")
+    conf = json.loads(next(m for m in disc if m.topic == camera_device).payload)
+    assert conf["components"]["emotion"]["state_topic"] == f"edged/{DEVICE}/cam/emotion"
+    assert conf["availability"][0]["topic"] == f"edged/{DEVICE}/status"
 
     rec.wait_for(lambda ms: any(e["type"] == "left" for e in events(rec)), 40, "left event")
     seq = events(rec)
