@@ -107,7 +107,7 @@ def test_config_set_schema_names_every_config_section() -> None:
 
 def test_the_daemons_heartbeat_and_health_body_follow_their_schemas(tmp_path: Path) -> None:
     daemon = Daemon(build_settings({"device": {"id": "dev", "state_dir": str(tmp_path)}}), None)
-    assert_valid("heartbeat", daemon.heartbeat())
+    assert_valid("heartbeat", daemon.heartbeat().to_json())
     assert_valid("heartbeat", heartbeat())  # the tests' stand-in has the daemon's shape
     report = evaluate_health(daemon.snapshot(), 10.0)
     assert_valid("health", report.body)
