@@ -23,11 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-#: The bundled pictures and their face box (x, y, w, h) as YuNet finds it, so each face is
-#: cut out with the same margin and the two line up in the video.
-BUNDLED: dict[str, tuple[int, int, int, int]] = {
-    "astronaut.png": (178, 65, 91, 111),
-    "camera.png": (198, 114, 60, 83),
+#: The bundled pictures: the face box (x, y, w, h) as YuNet finds it, the margin cut around
+#: it (a fraction of its height) and whether to mirror it, so the two faces line up in the
+#: video. The camera face is mirrored and cut tighter because edged_fer then reads it as
+#: ``sad`` with more confidence (about 0.35-0.45, against 0.3 unmirrored).
+BUNDLED: dict[str, tuple[tuple[int, int, int, int], float, bool]] = {
+    "astronaut.png": ((178, 65, 91, 111), 0.6, False),
+    "camera.png": ((198, 114, 60, 83), 0.4, True),
 }
 
 
@@ -45,13 +47,16 @@ def bundled_picture(name: str) -> Path:
     return path
 
 
-def face_window(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The face with 60 % of its height as margin all round, clipped to the image."""
+def face_window(
+    image: np.ndarray, box: tuple[int, int, int, int], margin: float, mirror: bool
+) -> np.ndarray:
+    """The face with ``margin`` of its height all round (clipped to the image)."""
     x, y, w, h = box
-    m = int(0.6 * h)
+    m = int(margin * h)
     x0, y0 = max(0, x + w // 2 - (h // 2 + m)), max(0, y - m)
     x1, y1 = min(image.shape[1], x + w // 2 + h // 2 + m), min(image.shape[0], y + h + m)
-    return image[y0:y1, x0:x1]
+    window = image[y0:y1, x0:x1]
+    return cv2.flip(window, 1) if mirror else window
 
 
 def _fit(face: np.ndarray, height: int) -> np.ndarray:
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sources = [bundled_picture(name) for name in BUNDLED]
         faces = [
-            face_window(read_bgr(p), box) for p, box in zip(sources, BUNDLED.values(), strict=True)
+            face_window(read_bgr(p), *cut) for p, cut in zip(sources, BUNDLED.values(), strict=True)
         ]
     frames = compose(faces, args.width, args.height, args.fps, args.seconds)
     write_video(args.out, frames, args.fps)

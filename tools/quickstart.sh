@@ -45,9 +45,13 @@ if ! port_open "$MQTT_PORT"; then
   fi
   say "starting mosquitto on 127.0.0.1:$MQTT_PORT (stop it: kill \$(cat .edged/mosquitto.pid))"
   mkdir -p .edged
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\npid_file %s\n' \
-    "$MQTT_PORT" "$PWD/.edged/mosquitto.pid" > .edged/mosquitto.conf
-  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -d -c .edged/mosquitto.conf
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT_PORT" \
+    > .edged/mosquitto.conf
+  # In the background rather than -d: a daemonised mosquitto started as root drops to its
+  # own user and cannot write a pid file here.
+  nohup "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c .edged/mosquitto.conf \
+    > .edged/mosquitto.log 2>&1 &
+  echo $! > .edged/mosquitto.pid
   for _ in $(seq 50); do port_open "$MQTT_PORT" && break; sleep 0.1; done
 fi
 
