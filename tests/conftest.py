@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from edged.mqtt.publisher import Publisher
 from tests.mqtt_helpers import MosquittoBroker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,3 +97,13 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoB
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture
+def publishers() -> Iterator[list[Publisher]]:
+    """Publishers a test starts (tests/mqtt, tests/service); stopped at teardown even
+    when the test fails."""
+    started: list[Publisher] = []
+    yield started
+    for pub in started:
+        pub.stop(timeout=1.0)

@@ -3,8 +3,7 @@
 Frozen dataclasses instead of dicts assembled in several places, so the heartbeat and
 ``/health`` cannot disagree on a field, and each has one ``to_json()`` that writes the wire
 shape of the contract (``/work/shared/CONTRACT.md``: heartbeat fields, ``/health`` body).
-The publisher's figures are still a mapping (``Publisher.stats()``) until they get a type
-of their own.
+The publisher's figures come typed from :mod:`edged.contracts.publisher`.
 """
 
 from __future__ import annotations
@@ -36,6 +35,9 @@ class CameraStatus:
     last_frame_age_s: float | None
     reconnects: int
     last_error: str | None
+    #: Mean inference time per processed frame (detection + this frame's share of the
+    #: batched crop/classify), milliseconds, smoothed; None before the first frame.
+    inference_ms: float | None = None
 
     def to_json(self) -> Json:
         """The full record (``/health``'s camera entries, the metrics' source)."""
@@ -51,6 +53,7 @@ class CameraStatus:
             "last_frame_age_s": self.last_frame_age_s,
             "reconnects": self.reconnects,
             "last_error": self.last_error,
+            "inference_ms": self.inference_ms,
         }
 
     def heartbeat(self, faces_shown: int | None) -> CameraHeartbeat:
@@ -62,6 +65,7 @@ class CameraStatus:
             faces=faces_shown,
             dropped_frames=self.dropped_frames,
             last_frame_age_s=self.last_frame_age_s,
+            inference_ms=self.inference_ms,
         )
 
 
@@ -75,6 +79,7 @@ class CameraHeartbeat:
     faces: int | None
     dropped_frames: int
     last_frame_age_s: float | None
+    inference_ms: float | None = None
 
     def to_json(self) -> Json:
         return {
@@ -84,6 +89,7 @@ class CameraHeartbeat:
             "faces": self.faces,
             "dropped_frames": self.dropped_frames,
             "last_frame_age_s": self.last_frame_age_s,
+            "inference_ms": self.inference_ms,
         }
 
 
@@ -148,6 +154,8 @@ class Heartbeat:
     models: ModelStatus
     cameras: Mapping[str, CameraHeartbeat]
     spool: SpoolStatus
+    #: The publisher's connection figures (Home Assistant's reconnect diagnostic).
+    mqtt: PublisherStatus | None = None
 
     def to_json(self) -> Json:
         models = self.models.to_json()
@@ -163,6 +171,10 @@ class Heartbeat:
             "fallbacks": models["fallbacks"],
             "cameras": {cid: cam.to_json() for cid, cam in self.cameras.items()},
             "spool": self.spool.to_json(),
+            "mqtt": {
+                "connected": self.mqtt.connected if self.mqtt else False,
+                "reconnects": self.mqtt.reconnects if self.mqtt else 0,
+            },
         }
 
 

@@ -20,6 +20,10 @@ from edged.mqtt.topics import STATUS_ONLINE, Topics
 log = structlog.get_logger(__name__)
 
 
+#: Payloads larger than this are not parsed for their ``id`` (the daemon refuses them).
+MAX_ID_PAYLOAD_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class ConfigRequest:
     """One inbound ``config/set``: its payload and the MQTT 5 request/response properties.
@@ -37,9 +41,11 @@ class ConfigRequest:
     def request_id(self) -> str | None:
         """The request's ``"id"`` (a string), echoed in ``config/result``; ``None`` when the
         payload has none or is not a JSON object (the answer then still goes out)."""
+        if len(self.payload) > MAX_ID_PAYLOAD_BYTES:
+            return None  # refused as too large anyway; not worth parsing for its id
         try:
             data = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is refused
             return None
         rid = data.get("id") if isinstance(data, dict) else None
         return rid if isinstance(rid, str) else None

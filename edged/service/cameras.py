@@ -41,6 +41,8 @@ class CameraSlot:
     faces: int = 0
     #: Frames dropped because inference raised (a model failing at run time).
     frames_failed: int = 0
+    #: Smoothed inference milliseconds per processed frame (None before the first).
+    inference_ms: float | None = None
     last_state_key: str = ""
     last_state_at: float = 0.0
     #: Aggregate mode only (``[privacy] mode``): the open interval's counts.
@@ -61,6 +63,7 @@ class CameraSlot:
             last_frame_age_s=round(age, 3) if isinstance(age, float) else age,
             reconnects=st.get("reconnects", 0),
             last_error=st.get("last_error"),
+            inference_ms=round(self.inference_ms, 2) if self.inference_ms is not None else None,
         )
 
     def reconfigure(self, smoothing: SmoothingSettings, privacy: PrivacySettings) -> None:

@@ -43,6 +43,7 @@ from edged.contracts.status import (
 from edged.errors import EdgedError
 from edged.models.loader import session_factory
 from edged.mqtt.publisher import Publisher
+from edged.mqtt.router import ConfigRequest
 from edged.pipeline import Pipeline, build_pipeline
 from edged.runtime.capture import Frame
 from edged.runtime.tracking import Tracker
@@ -50,7 +51,7 @@ from edged.service import remote
 from edged.service.cameras import Cameras
 from edged.service.health import HealthServer, Metrics
 from edged.service.lifecycle import FORCED_EXIT_CODE, Step, StopSignals, run_steps
-from edged.service.reload import Reloader
+from edged.service.reload import Reloader, classifier_labels
 from edged.service.scheduler import Components, Scheduler
 from edged.service.sdnotify import Notifier
 from edged.service.status import StatusReporter, faces_shown
@@ -215,11 +216,13 @@ class Daemon:
                 f"device.state_dir {s.device.state_dir}: cannot create: {exc.strerror or exc}"
             ) from exc
         self.c.pipeline = await self.build_pipeline(s)
-        publisher = self.c.publisher = Publisher(s, on_config_set=self._on_config_set_threadsafe)
+        publisher = self.c.publisher = Publisher(
+            s, on_config_request=self._on_config_request_threadsafe
+        )
         publisher.start()
         for cam in s.enabled_cameras():
             self.add_camera(cam)
-        publisher.publish_discovery(list(self.cameras))
+        publisher.publish_discovery(list(self.cameras), classifier_labels(self.c.pipeline) or None)
         if s.health.enabled:
             self.health = HealthServer(s.health, self.snapshot, self.metrics)
             await self.health.start()
@@ -333,15 +336,18 @@ class Daemon:
         """SIGHUP: re-read the config file; an invalid one keeps the running config."""
         await self.reloader.reload_from_file()
 
-    def _on_config_set_threadsafe(self, payload: bytes) -> None:
-        """Called on paho's thread: hand the payload to the loop."""
+    def _on_config_request_threadsafe(self, request: ConfigRequest) -> None:
+        """Called on paho's thread: hand the request to the loop."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._spawn_reload, self.remote_config(payload))
+            loop.call_soon_threadsafe(self._spawn_reload, self.remote_config(request))
 
-    async def remote_config(self, payload: bytes) -> None:
-        """``config/set`` (:meth:`edged.service.reload.Reloader.config_set`)."""
-        await self.reloader.config_set(payload)
+    async def remote_config(self, request: ConfigRequest | bytes) -> None:
+        """``config/set`` (:meth:`edged.service.reload.Reloader.config_set`); bare bytes are
+        a request without MQTT 5 properties."""
+        if isinstance(request, bytes):
+            request = ConfigRequest(request)
+        await self.reloader.config_set(request)
 
     @property
     def started(self) -> bool:

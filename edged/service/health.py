@@ -60,6 +60,9 @@ from edged.errors import EdgedError
 
 log = structlog.get_logger(__name__)
 
+#: Version of the ``/health`` body (edged/schemas/health.schema.json).
+HEALTH_SCHEMA = 1
+
 #: The daemon's :class:`HealthSnapshot`, or its JSON form (a mapping).
 Snapshot = HealthSnapshot | Mapping[str, Any]
 SnapshotFn = Callable[[], Snapshot]
@@ -153,6 +156,7 @@ def evaluate_health(snapshot: Snapshot, stale_after_s: float) -> HealthReport:
     status: Status = "failing" if failing else "degraded" if degraded else "ok"
     reasons = failing + degraded
     body: dict[str, Any] = {
+        "schema": HEALTH_SCHEMA,
         "status": status,
         "reasons": reasons,
         **{k: v for k, v in snapshot.items() if k not in ("status", "reasons", "cameras")},
@@ -591,7 +595,13 @@ class HealthServer:
         except Exception as exc:
             log.warning("health_snapshot_failed", error=str(exc))
             reason = f"snapshot failed: {exc}"
-            return HealthReport("failing", [reason], {"status": "failing", "reasons": [reason]})
+            body = {
+                "schema": HEALTH_SCHEMA,
+                "status": "failing",
+                "reasons": [reason],
+                "cameras": {},
+            }
+            return HealthReport("failing", [reason], body)
         return evaluate_health(snap, self.settings.stale_after_s)
 
     async def _health(self, request: web.Request) -> web.Response:

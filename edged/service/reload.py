@@ -29,8 +29,10 @@ from edged.config import (
     merge_config,
     settings_data,
 )
+from edged.contracts.events import ConfigResult
 from edged.errors import ConfigError, EdgedError
 from edged.mqtt.publisher import Publisher
+from edged.mqtt.router import ConfigRequest
 from edged.pipeline import Pipeline
 from edged.privacy import check_remote_privacy
 from edged.runtime.tracking import Tracker
@@ -151,7 +153,7 @@ class Reloader:
         finally:
             d.notifier.ready(status=d.status.line())
 
-    async def config_set(self, payload: bytes) -> None:
+    async def config_set(self, request: ConfigRequest) -> None:
         """``config/set``: validate the guard, merge, validate, apply; answer on config/result.
 
         Ignored (logged, not answered) while ``[mqtt] remote_config`` is off, as the
@@ -164,32 +166,42 @@ class Reloader:
             return
         if not d.started:
             log.info("config_set_refused", reason="starting")
-            self._answer_config_set(False, "edged is starting; send the change once it is ready")
+            self._answer_config_set(
+                request, False, "edged is starting; send the change once it is ready"
+            )
             return
         try:
-            change = d.check_remote_change(payload)
+            change = d.check_remote_change(request.payload)
             new = build_settings(merge_config(settings_data(d.settings), change), "config/set")
             check_remote_privacy(d.settings.privacy, new.privacy)
             await d.apply(new, source="mqtt")
         except EdgedError as exc:
             reason = sources.redact(str(exc))
             log.warning("config_reload_rejected", source="mqtt", reason=reason)
-            self._answer_config_set(False, reason)
+            self._answer_config_set(request, False, reason)
             return
         except Exception as exc:  # a bug: the sender still gets an answer, the log the trace
             log.exception("config_reload_failed", source="mqtt", error=sources.redact(repr(exc)))
             self._answer_config_set(
-                False, f"internal error ({type(exc).__name__}); nothing changed, see the log"
+                request,
+                False,
+                f"internal error ({type(exc).__name__}); nothing changed, see the log",
             )
             return
-        self._answer_config_set(True, None)
+        self._answer_config_set(request, True, None)
 
-    def _answer_config_set(self, ok: bool, error: str | None) -> None:
+    def _answer_config_set(self, request: ConfigRequest, ok: bool, error: str | None) -> None:
+        """``config/result`` echoing the request's ``id`` (and under MQTT 5 to its response
+        topic with its correlation data)."""
         d = self._daemon
         if d.publisher is None:
             return
         try:
-            d.publisher.publish_config_result(ok, error)
+            d.publisher.publish_config_result(
+                ConfigResult.now(ok, error, request.request_id),
+                response_topic=request.response_topic,
+                correlation_data=request.correlation_data,
+            )
         except Exception as exc:  # the answer is best effort; the reload must not die on it
             log.exception("config_result_failed", error=repr(exc))
 
@@ -220,13 +232,13 @@ class Reloader:
             assert pipeline is not None
             if not rebuild:
                 pipeline.reconfigure(new)
-            labels_changed = _labels(pipeline) != _labels(d.pipeline)
+            labels_changed = classifier_labels(pipeline) != classifier_labels(d.pipeline)
             d.c.settings, d.c.pipeline = new, pipeline
             d.metrics.stale_after_s = new.health.stale_after_s
             if d.health is not None and plan.touches("health"):
                 d.health.reconfigure(new.health)
             await self.apply_trackers(labels_changed)
-            await self.apply_cameras(old, new)
+            await self.apply_cameras(old, new, labels_changed)
             log.info(
                 "config_reloaded",
                 source=source,
@@ -246,7 +258,9 @@ class Reloader:
                 slot.tracker = d.new_tracker(cam_id)
             slot.reconfigure(smoothing, privacy)
 
-    async def apply_cameras(self, old: Settings, new: Settings) -> None:
+    async def apply_cameras(
+        self, old: Settings, new: Settings, labels_changed: bool = False
+    ) -> None:
         """Restart the cameras that changed; their open tracks end with ``left`` first."""
         d = self._daemon
         removed, added = camera_changes(old, new)
@@ -258,15 +272,17 @@ class Reloader:
         await d.cameras.stop(removed)
         for cam in added:
             d.add_camera(cam)
-        if d.publisher is not None and (removed or added):
-            # Cameras no longer listed get their retained state and discovery emptied.
-            d.publisher.publish_discovery(list(d.cameras))
+        if d.publisher is not None and (removed or added or labels_changed):
+            # Cameras no longer listed get their retained state and discovery emptied; a
+            # classifier with other labels changes the emotion sensors' options.
+            d.publisher.publish_discovery(list(d.cameras), classifier_labels(d.c.pipeline) or None)
 
 
-def _labels(pipeline: Pipeline | None) -> tuple[str, ...]:
+def classifier_labels(pipeline: Pipeline | None) -> tuple[str, ...]:
+    """The canonical labels of the pipeline's classifier (empty for detection only)."""
     if pipeline is None or pipeline.classifier is None:
         return ()
     return tuple(pipeline.classifier.labels)
 
 
-__all__ = ["ReloadPlan", "Reloader", "changed_keys", "diff"]
+__all__ = ["ReloadPlan", "Reloader", "changed_keys", "classifier_labels", "diff"]

@@ -114,6 +114,7 @@ def check_remote_change(settings: Settings, payload: bytes) -> dict[str, Any]:
         raise ConfigError("remote configuration is disabled ([mqtt] remote_config = false)")
     change = load_config_set(payload)
     _check_token(mqtt.remote_config_token.get_secret_value(), change.pop("token", None))
+    change.pop("id", None)  # the request id, echoed in config/result, is not a setting
     for key in iter_keys(change):
         if not remote_allowed(key):
             raise ConfigError(f"config/set may not change {key}")

@@ -127,6 +127,7 @@ class Scheduler:
             for (cam_id, slot, frame), result in zip(batch, results, strict=True):
                 if self.cameras.get(cam_id) is not slot:  # removed or replaced by a reload
                     continue
+                _track_latency(slot, result, len(batch))
                 await self._after_frame(cam_id, slot, frame, result)
             await self._expire_idle_tracks()
             await self.publish_aggregates()
@@ -282,6 +283,19 @@ class Scheduler:
             self.metrics.observe_inference(cls, "classify", shared["classify"])
         if shared:
             self.metrics.observe_inference("pipeline", "post", shared["post"])
+
+
+#: Weight of the newest frame in a camera's smoothed inference latency.
+LATENCY_ALPHA = 0.2
+
+
+def _track_latency(slot: CameraSlot, result: FrameResult, frames: int) -> None:
+    """The frame's own detection time plus its share of the batch's shared stages."""
+    t = result.timings
+    shared = t.get("crop", 0.0) + t.get("classify", 0.0) + t.get("post", 0.0)
+    ms = 1000.0 * (t.get("detect", 0.0) + shared / max(frames, 1))
+    prev = slot.inference_ms
+    slot.inference_ms = ms if prev is None else prev + LATENCY_ALPHA * (ms - prev)
 
 
 __all__ = ["Components", "Runtime", "Scheduler"]

@@ -31,6 +31,10 @@ from edged.service.workers import wait_event
 
 log = structlog.get_logger(__name__)
 
+#: A running camera whose newest frame is older than this (or than three of its frame
+#: intervals, whichever is longer) is reported offline.
+STALE_FRAME_S = 5.0
+
 
 def faces_shown(faces: int | None, privacy: PrivacySettings) -> int | None:
     """The face count a report may carry. In aggregate mode with ``min_faces`` set, a count
@@ -57,6 +61,8 @@ class StatusReporter:
         self.scheduler = scheduler
         self.notifier = notifier
         self._stop = stop
+        #: What each camera's retained ``status`` says now (published on change only).
+        self._online: dict[str, bool] = {}
 
     async def heartbeat_loop(self) -> None:
         """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
@@ -71,7 +77,29 @@ class StatusReporter:
                     self.c.publisher.publish_heartbeat(self.heartbeat().to_json())
                     last = now
                 was_connected = connected
+                self.publish_camera_availability()
             await wait_event(self._stop, min(self.c.settings.mqtt.heartbeat_s, 0.5))
+
+    def publish_camera_availability(self) -> None:
+        """Each camera's retained ``<camera>/status``: ``online`` while it is producing
+        frames (running, newest frame younger than :data:`STALE_FRAME_S` or three frame
+        intervals), so Home Assistant shows a dead camera's entities as unavailable while
+        the others stay. Sent on change; the publisher re-sends it after reconnecting."""
+        if self.c.publisher is None:
+            return
+        statuses = self.cameras.status()
+        for cam_id in [c for c in self._online if c not in statuses]:
+            del self._online[cam_id]
+        for cam_id, st in statuses.items():
+            slot = self.cameras.get(cam_id)
+            fps = slot.settings.fps if slot is not None else 1.0
+            age = st.last_frame_age_s
+            online = (
+                st.state == "running" and age is not None and age < max(STALE_FRAME_S, 3.0 / fps)
+            )
+            if self._online.get(cam_id) != online:
+                self._online[cam_id] = online
+                self.c.publisher.publish_camera_status(cam_id, online)
 
     async def watchdog_loop(self) -> None:
         """Ping systemd's watchdog only while the loop and the inference thread make progress."""
@@ -127,6 +155,7 @@ class StatusReporter:
                 for cid, st in self.cameras.status().items()
             },
             spool=SpoolStatus.from_publisher(mqtt),
+            mqtt=mqtt,
         )
 
     def snapshot(self) -> HealthSnapshot:

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from edged.mqtt.publisher import Publisher
 from tests.mqtt_helpers import MosquittoBroker, MqttRecorder
 from tests.schema_helpers import validated_payloads
 
@@ -24,12 +23,3 @@ def recorder(mqtt_broker: MosquittoBroker) -> Iterator[MqttRecorder]:
     rec.wait_subscribed()
     yield rec
     rec.close()
-
-
-@pytest.fixture
-def publishers() -> Iterator[list[Publisher]]:
-    """Publishers a test starts; stopped at teardown even when the test fails."""
-    started: list[Publisher] = []
-    yield started
-    for pub in started:
-        pub.stop(timeout=1.0)

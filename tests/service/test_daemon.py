@@ -35,6 +35,7 @@ from edged.errors import ConfigError
 from edged.models.loader import session_factory
 from edged.pipeline import build_pipeline
 from edged.service.daemon import Daemon, wait_event
+from tests.mqtt.test_homeassistant import ha_problems
 from tests.mqtt_helpers import Message, MosquittoBroker, MqttRecorder, wait_until
 
 DEVICE = "itest"
@@ -236,6 +237,26 @@ def test_daemon_publishes_online_discovery_heartbeat_events_state_and_offline_on
     conf = json.loads(next(m for m in disc if m.topic == camera_device).payload)
     assert conf["components"]["emotion"]["state_topic"] == f"edged/{DEVICE}/cam/emotion"
     assert conf["availability"][0]["topic"] == f"edged/{DEVICE}/status"
+    # Every discovery config the daemon sends passes Home Assistant's schema rules, with
+    # unique ids and the camera device linked under edged's own device.
+    edged_device = f"homeassistant/device/edged_{DEVICE}/config"
+    disc = rec.wait_for(lambda ms: any(m.topic == edged_device for m in ms), 10, "edged device")
+    configs = {m.topic: json.loads(m.payload) for m in disc if m.topic.startswith("homeassistant/")}
+    assert set(configs) == {edged_device, camera_device}
+    for topic, config in configs.items():
+        assert ha_problems(config) == [], topic
+    uids = [c["unique_id"] for cfg in configs.values() for c in cfg["components"].values()]
+    assert len(uids) == len(set(uids))
+    assert conf["device"]["via_device"] == configs[edged_device]["device"]["identifiers"][0]
+    labels = conf["components"]["emotion"]["options"]
+    assert len(labels) == 8 and labels[-1] == "none", "the 7-class classifier's labels + none"
+    assert "contemptuous" not in labels
+    # The camera's own availability: online once it produces frames.
+    rec.wait_for(
+        lambda ms: rec.payloads(f"edged/{DEVICE}/cam/status")[-1:] == [b"online"],
+        20,
+        "camera online",
+    )
 
     rec.wait_for(lambda ms: any(e["type"] == "left" for e in events(rec)), 40, "left event")
     seq = events(rec)
@@ -514,9 +535,13 @@ def test_config_set_and_sighup_apply_valid_changes_and_refuse_invalid_ones(
     assert r["ok"] is False and "/etc/shadow" in r["error"]
     assert set(heartbeats(rec)[-1]["cameras"]) == {"cam"}
 
-    # Valid: a second camera (same file, allowed dir) appears without a restart.
-    r = ask({"token": "s3cret", "cameras": [cam, {**cam2, "source": "/dev/video99"}]})
+    # Valid: a second camera (same file, allowed dir) appears without a restart. The
+    # request's id comes back in the answer, so an operator can pair them.
+    r = ask(
+        {"token": "s3cret", "id": "req-7", "cameras": [cam, {**cam2, "source": "/dev/video99"}]}
+    )
     assert r["ok"] is True, r
+    assert r["id"] == "req-7" and r["schema"] == 1
     n = len(heartbeats(rec))
     rec.wait_for(
         lambda ms: (
@@ -619,8 +644,12 @@ def test_a_dead_camera_recovers_while_the_other_keeps_publishing(
     assert hb["cameras"]["cam"]["state"] == "running"
     health = _health(port)
     assert health["status"] == "degraded", health
+    # Home Assistant sees the dead camera unavailable and the live one available.
+    assert rec.payloads(f"edged/{DEVICE}/cam/status")[-1:] == [b"online"]
+    assert rec.payloads(f"edged/{DEVICE}/dead/status")[-1:] == [b"offline"]
     late_file.write_bytes(scene.video.read_bytes())
     rec.wait_for(lambda ms: len(events(rec, "dead")) >= 1, 40, "events from the recovered camera")
+    assert rec.payloads(f"edged/{DEVICE}/dead/status")[-1:] == [b"online"]
     wait_until(lambda: _health(port)["status"] == "ok", 20, "health ok")
     d.signal(signal.SIGTERM)
     assert d.wait(20) == 0, d.tail()

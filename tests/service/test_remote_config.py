@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edged.contracts.events import ConfigResult
 from tests.mqtt_helpers import MosquittoBroker, MqttRecorder, free_port, wait_until
 from tests.service.test_daemon import DEVICE, DaemonProcess, heartbeats, write_config, write_video
 
@@ -416,9 +417,11 @@ class Answers:
 
     def __init__(self) -> None:
         self.given: list[tuple[bool, str | None]] = []
+        self.ids: list[str | None] = []
 
-    def publish_config_result(self, ok: bool, error: str | None) -> bool:
-        self.given.append((ok, error))
+    def publish_config_result(self, result: ConfigResult, **reply_to: object) -> bool:
+        self.given.append((result.ok, result.error))
+        self.ids.append(result.id)
         return True
 
 

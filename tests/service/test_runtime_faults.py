@@ -29,11 +29,11 @@ from edged.mqtt.publisher import Publisher
 from edged.service.daemon import Daemon
 from edged.service.health import evaluate_health
 from tests.models.test_classification import STANDINS, build
-from tests.mqtt.test_publishing import _make_tls, make_settings, publishers, start
+from tests.mqtt.test_publishing import _make_tls, make_settings, start
 from tests.mqtt_helpers import MosquittoBroker, MqttRecorder, wait_until
 from tests.service.test_daemon import CLASSIFIER, DETECTOR, DEVICE, FPS, Scene, scene
 
-__all__ = ["publishers", "scene"]  # fixtures of other test modules, used here too
+__all__ = ["scene"]  # a fixture of another test module, used here too
 
 
 class FailingSession:

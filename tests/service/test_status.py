@@ -56,8 +56,9 @@ def test_heartbeat_carries_the_contract_fields_and_only_the_per_camera_subset() 
     ).to_json()
     assert list(hb) == [
         "schema", "ts", "device", "uptime_s", "version", "phase",
-        "models", "providers", "fallbacks", "cameras", "spool",
+        "models", "providers", "fallbacks", "cameras", "spool", "mqtt",
     ]  # fmt: skip
+    assert hb["mqtt"] == {"connected": False, "reconnects": 0}  # no publisher given
     assert hb["schema"] == 1 and hb["spool"] == {"pending": 3, "dropped": 1}
     assert hb["models"] == {"detector": "yunet", "classifier": "enet_b2_7"}
     assert hb["providers"] == {"yunet": "cpu", "enet_b2_7": "cpu"}
@@ -69,6 +70,7 @@ def test_heartbeat_carries_the_contract_fields_and_only_the_per_camera_subset() 
             "faces": None,  # withheld by the caller's privacy rule
             "dropped_frames": 80,
             "last_frame_age_s": 0.04,
+            "inference_ms": None,  # no frame processed yet
         }
     }
     json.dumps(hb)
