@@ -50,7 +50,7 @@ from edged.runtime.processor import CameraFrame, CameraProcessor, process_batch
 from edged.runtime.tracking import Tracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import seed_layout, shared_root  # noqa: E402
+from bench import seed_layout, shared_root
 
 W, H = 640, 480
 
@@ -346,7 +346,8 @@ def main() -> None:
         f"{len(ref)} events every-frame; peer loop {peer_fps:.2f} frames/s"
     )
     print(
-        f"{'configuration':32} {'cams':>4} {'frames/s':>9} {'x peer':>7} {'cls/frame':>9} {'det/frame':>9} {'agree':>6}"
+        f"{'configuration':32} {'cams':>4} {'frames/s':>9} {'x peer':>7} "
+        f"{'cls/frame':>9} {'det/frame':>9} {'agree':>6}"
     )
     table = []
     for (name, cams), rs in runs.items():

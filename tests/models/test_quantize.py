@@ -1,4 +1,4 @@
-"""Static int8 quantization: the catalogue loads the result and it agrees with fp32 on real faces."""
+"""Static int8 quantization: the catalogue loads the result, it agrees with fp32 on real faces."""
 
 from __future__ import annotations
 

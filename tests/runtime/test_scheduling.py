@@ -50,7 +50,7 @@ def test_a_settled_track_is_not_reclassified_inside_the_interval_and_is_after_it
 
 
 def test_a_track_whose_box_grew_or_moved_is_reclassified() -> None:
-    tracker, sched, tid = settled_track()
+    _, sched, tid = settled_track()
     grown = (90.0, 90.0, 215.0, 215.0)  # 1.56x the area: IoU 0.64
     moved = (135.0, 100.0, 235.0, 200.0)  # a third of its width: IoU 0.48
     jitter = (102.0, 101.0, 202.0, 199.0)
