@@ -54,5 +54,5 @@ def models_quantize(
         factory=session_factory(settings, ["cpu"]),
     )
     print(f"{result.name}: {result.output} ({result.samples} calibration inputs)")
-    print(f"sidecar: {Path(result.output).with_suffix('.json')}")
+    print(f"sidecar: {Path(result.output).with_suffix('.json').name} beside it")
     return 0

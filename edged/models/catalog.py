@@ -523,7 +523,7 @@ CATALOG: dict[str, ModelSpec] = {
 #: int8 variants that ship with edged (in models/), because they measured within 1 point of
 #: fp32 accuracy and >= 1.5x faster on a small CPU; every other one is made on the device
 #: with ``edged models quantize NAME`` into the models directory.
-SHIPPED_INT8: frozenset[str] = frozenset()
+SHIPPED_INT8: frozenset[str] = frozenset({"edged_fer_int8"})
 
 
 def int8_name(name: str) -> str:

@@ -175,9 +175,9 @@ def quantize_model(
     n = sum(next(iter(f.values())).shape[0] for f in feeds)
     result = QuantizeResult(
         name=int8_name(name),
-        source=str(source),
+        source=spec.files[0],
         source_sha256=_sha256(source),
-        output=str(out),
+        output=out.name,
         output_sha256=_sha256(out),
         calibration=calibration,
         samples=n,
