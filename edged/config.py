@@ -339,6 +339,18 @@ class PipelineSettings(_Section):
     crop_margin: FiniteFloat = Field(default=0.0, ge=-0.3, le=2)
     #: Faces classified in one batched call at most (larger sets are split).
     max_batch: StrictInt = Field(default=64, ge=1, le=1024)
+    #: A tracked face whose emotion is settled is classified again only this often
+    #: (seconds); between, its last probabilities stand and smoothing gets no new evidence.
+    #: New faces, grown/moved boxes and unsettled emotions are classified every frame.
+    #: 0 = every face on every frame.
+    reclassify_interval_s: FiniteFloat = Field(default=1.0, ge=0, le=3600)
+    #: A face is classified again when its box changed by more than this since its last
+    #: classification, as 1 - IoU (0.3: grew ~1.4x or moved ~1/4 of its width). 0 = always.
+    reclassify_box_change: FiniteFloat = Field(default=0.3, ge=0, le=1)
+    #: Detect faces on every N-th frame of a camera and carry the boxes in between with a
+    #: constant-velocity prediction (0 or 1 = every frame). A face missed by a detection
+    #: still only leaves after ``[smoothing] track_timeout_s``.
+    detect_interval: StrictInt = Field(default=1, ge=0, le=300)
 
     @field_validator("providers")
     @classmethod

@@ -97,6 +97,39 @@ class FrameResult:
     timings: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ClassifyResult:
+    """Probabilities of a batch of faces (rows in frame, then face order), calls, times."""
+
+    probs: npt.NDArray[np.float32] | None
+    calls: int
+    crop_s: float
+    classify_s: float
+
+
+def select(det: Detections, index: Sequence[int]) -> Detections:
+    """The faces ``index`` of ``det`` (in that order), e.g. those due for classification."""
+    idx = np.asarray(index, dtype=np.intp)
+    return Detections(det.boxes[idx], det.scores[idx], det.landmarks[idx])
+
+
+def face_from(
+    box: Sequence[float],
+    score: float,
+    landmarks: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    probs: npt.NDArray[np.float32] | None,
+) -> Face:
+    """One :class:`Face`, with emotion and scores from ``probs`` (None: detection only)."""
+    face = Face((float(box[0]), float(box[1]), float(box[2]), float(box[3])), score, landmarks)
+    if probs is not None and len(labels):
+        top = int(np.argmax(probs))
+        face.emotion = labels[top]
+        face.confidence = float(probs[top])
+        face.scores = dict(zip(labels, probs.tolist(), strict=True))
+    return face
+
+
 class PipelineStats:
     """Counters and per-stage time totals, safe to read from another thread.
 
@@ -233,40 +266,59 @@ class Pipeline:
         ]
         return np.concatenate(chunks), len(chunks)
 
-    def process(self, frames: Sequence[Image]) -> list[FrameResult]:
-        """Faces with emotions for every frame, in order (see :class:`FrameResult`)."""
+    def detect(self, frames: Sequence[Image]) -> tuple[list[Detections], list[float]]:
+        """Step 1 of :meth:`process`: the faces of every frame, and each frame's detect time.
+
+        Separate from classification so a caller can decide per face what to classify
+        (:mod:`edged.runtime.processor` skips tracked faces whose emotion is settled).
+        """
         clock = time.perf_counter
-        det_times: list[float] = []
         dets: list[Detections] = []
+        times: list[float] = []
         for frame in frames:
             t = clock()
             dets.append(self.detector(frame))
-            det_times.append(clock() - t)
+            times.append(clock() - t)
+        return dets, times
+
+    def classify_detections(
+        self, frames: Sequence[Image], dets: Sequence[Detections]
+    ) -> ClassifyResult:
+        """Step 2 of :meth:`process`: crop every face of ``dets`` and classify all at once.
+
+        ``dets`` may be any subset of a frame's faces (see :func:`select`); without a
+        classifier, or without faces, nothing runs and ``probs`` is None.
+        """
+        clock = time.perf_counter
+        if self.classifier is None or not sum(len(d) for d in dets):
+            return ClassifyResult(None, 0, 0.0, 0.0)
+        t = clock()
+        batch = self.crops(frames, dets)
+        t_crop = clock() - t
+        t = clock()
+        probs, calls = self.classify(batch)
+        return ClassifyResult(probs, calls, t_crop, clock() - t)
+
+    def process(self, frames: Sequence[Image]) -> list[FrameResult]:
+        """Faces with emotions for every frame, in order (see :class:`FrameResult`)."""
+        clock = time.perf_counter
+        dets, det_times = self.detect(frames)
         counts = [len(d) for d in dets]
         total = sum(counts)
+        cls = self.classify_detections(frames, dets)
 
         t = clock()
-        probs: npt.NDArray[np.float32] | None = None
-        calls = 0
-        if self.classifier is not None and total:
-            batch = self.crops(frames, dets)
-            t_crop = clock() - t
-            t = clock()
-            probs, calls = self.classify(batch)
-            t_cls = clock() - t
-        else:
-            t_crop = t_cls = 0.0
-
-        t = clock()
-        results = self._faces(dets, counts, probs)
+        results = self._faces(dets, counts, cls.probs)
         t_post = clock() - t
 
-        shared = {"crop": t_crop, "classify": t_cls, "post": t_post}
+        shared = {"crop": cls.crop_s, "classify": cls.classify_s, "post": t_post}
         out = [
             FrameResult(faces, {"detect": dt, **shared, "batch_frames": float(len(frames))})
             for faces, dt in zip(results, det_times, strict=True)
         ]
-        self.stats.record(len(frames), total, calls, total, {"detect": sum(det_times), **shared})
+        self.stats.record(
+            len(frames), total, cls.calls, total, {"detect": sum(det_times), **shared}
+        )
         return out
 
     def process_one(self, frame: Image) -> FrameResult:

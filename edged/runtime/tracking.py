@@ -212,6 +212,47 @@ class Tracker:
             lab: float(track.smoothed[i]) for i, lab in enumerate(self.labels) if lab in self._seen
         }
 
+    def match(self, boxes: Sequence[Sequence[float]], ts: float) -> list[int]:
+        """The track id :meth:`update` at ``ts`` would give each box, changing nothing.
+
+        Matched boxes get their track's id, unmatched ones the ids new tracks would get (in
+        box order); tracks that would expire at ``ts`` match nothing. A caller that must
+        know a face's track *before* classifying it (per-track scheduling) asks here, then
+        feeds the same boxes to :meth:`update`.
+        """
+        ts = max(ts, self._last_ts)
+        timeout = self._settings.track_timeout_s
+        live = [
+            t
+            for t in sorted(self._tracks.values(), key=lambda t: t.track_id)
+            if ts - t.last_seen < timeout - _EPS_S
+        ]
+        boxes4 = [_bbox4(b) for b in boxes]
+        pairs = greedy_match(
+            iou_matrix([t.bbox for t in live], boxes4), self._settings.iou_threshold
+        )
+        ids = {c: live[r].track_id for r, c in pairs}
+        out: list[int] = []
+        fresh = self._next_id
+        for idx in range(len(boxes4)):
+            if idx not in ids:
+                ids[idx], fresh = fresh, fresh + 1
+            out.append(ids[idx])
+        return out
+
+    def unsettled(self, track_id: int) -> bool:
+        """True while a live track's emotion is not established or a change is pending.
+
+        Pending: the smoothed top label is another than the established emotion (its dwell
+        is running, or its confidence is short). Such a track needs fresh evidence on every
+        frame; a settled one can reuse its last classification (see
+        :mod:`edged.runtime.scheduling`). An unknown id counts as unsettled.
+        """
+        track = self._tracks.get(track_id)
+        if track is None or track.emotion is None:
+            return True
+        return track.candidate is not None and track.candidate != track.emotion
+
     def update(
         self, faces: Sequence[FaceLike], ts: float, wall_ts: float | None = None
     ) -> list[EmotionEvent]:
