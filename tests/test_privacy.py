@@ -707,4 +707,9 @@ def test_only_edged_analyze_has_code_that_writes_or_encodes_images() -> None:
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 if name in _IMAGE_WRITERS:
                     found.setdefault(str(path.relative_to(package)), set()).add(name)
-    assert found == {"analysis/analyze.py": {"imwrite", "VideoWriter"}}, found
+    # ``edged models quantize`` saves an ONNX model (``onnx.save``), an operator command
+    # that never sees a camera frame; the check is by call name, so it is named here.
+    assert found == {
+        "analysis/analyze.py": {"imwrite", "VideoWriter"},
+        "models/quantize.py": {"save"},
+    }, found

@@ -26,14 +26,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edged.config import PipelineSettings
+from edged.contracts.events import EmotionEvent
 from edged.models.detection.base import Detections
-from edged.pipeline import Face, FrameResult, Image, Pipeline, face_from, select
+from edged.pipeline import (
+    ClassifyResult,
+    Face,
+    FrameResult,
+    Image,
+    Pipeline,
+    face_from,
+    select,
+)
 from edged.runtime.scheduling import ClassifySchedule
 from edged.runtime.tracking import Tracker
 
@@ -55,7 +63,7 @@ class ProcessedFrame:
     whether the detector ran on it and how many of its faces were classified."""
 
     result: FrameResult
-    events: list[dict[str, Any]]
+    events: list[EmotionEvent]
     detected: bool
     classified: int
 
@@ -136,7 +144,7 @@ class CameraProcessor:
 
     def finish(
         self, plan: _Plan, probs: FloatArray | None, labels: Sequence[str]
-    ) -> tuple[list[Face], list[dict[str, Any]]]:
+    ) -> tuple[list[Face], list[EmotionEvent]]:
         """Faces for the frame and the tracker's events; ``probs`` rows follow ``plan.due``."""
         det, ts = plan.det, plan.frame.ts
         fresh = dict(zip(plan.due, probs if probs is not None else [], strict=True))
@@ -188,26 +196,48 @@ class CameraProcessor:
         return Detections(boxes.astype(np.float32), scores, landmarks.astype(np.float32))
 
 
-def process_batch(
+@dataclass
+class BatchPlan:
+    """A batch after detection and classification, before the trackers are fed."""
+
+    items: list[tuple[CameraProcessor, CameraFrame]]
+    plans: list[_Plan]
+    classified: ClassifyResult
+    labels: tuple[str, ...]
+
+
+def plan_batch(
     pipeline: Pipeline, items: Sequence[tuple[CameraProcessor, CameraFrame]]
-) -> list[ProcessedFrame]:
-    """One frame for each of several cameras: the due faces of all classified in one call."""
-    clock = time.perf_counter
+) -> BatchPlan:
+    """Steps 1-4 for one frame of each of several cameras: detect (or predict), match,
+    schedule, and classify the due faces of all of them in one call.
+
+    The heavy half, for the inference thread: it reads the trackers (no state change) but
+    feeds none of them, so trackers are only ever changed on the caller's side
+    (:func:`finish_batch`), where the daemon's event loop also flushes and reconfigures them.
+    """
     plans = [proc.plan(pipeline, frame) for proc, frame in items]
     subsets = [select(p.det, p.due) for p in plans]
     cls = pipeline.classify_detections([p.frame.image for p in plans], subsets)
-    labels = pipeline.classifier.labels if pipeline.classifier is not None else ()
+    labels = tuple(pipeline.classifier.labels) if pipeline.classifier is not None else ()
+    return BatchPlan(list(items), plans, cls, labels)
+
+
+def finish_batch(pipeline: Pipeline, batch: BatchPlan) -> list[ProcessedFrame]:
+    """Step 5: feed each camera's tracker and return each frame's faces and events."""
+    clock = time.perf_counter
+    cls, plans, items = batch.classified, batch.plans, batch.items
     t = clock()
-    out: list[ProcessedFrame] = []
     offset = 0
-    per_frame: list[tuple[list[Face], list[dict[str, Any]]]] = []
+    per_frame: list[tuple[list[Face], list[EmotionEvent]]] = []
     for (proc, _), plan in zip(items, plans, strict=True):
         n = len(plan.due)
         rows = cls.probs[offset : offset + n] if cls.probs is not None else None
         offset += n
-        per_frame.append(proc.finish(plan, rows, labels))
+        per_frame.append(proc.finish(plan, rows, batch.labels))
     t_post = clock() - t
     shared = {"crop": cls.crop_s, "classify": cls.classify_s, "post": t_post}
+    out: list[ProcessedFrame] = []
     for plan, (faces, events) in zip(plans, per_frame, strict=True):
         timings = {"detect": plan.detect_s, **shared, "batch_frames": float(len(items))}
         out.append(
@@ -221,3 +251,11 @@ def process_batch(
         {"detect": sum(p.detect_s for p in plans), **shared},
     )
     return out
+
+
+def process_batch(
+    pipeline: Pipeline, items: Sequence[tuple[CameraProcessor, CameraFrame]]
+) -> list[ProcessedFrame]:
+    """One frame for each of several cameras: the due faces of all classified in one call
+    (:func:`plan_batch` then :func:`finish_batch`, on one thread)."""
+    return finish_batch(pipeline, plan_batch(pipeline, items))

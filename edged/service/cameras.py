@@ -14,10 +14,17 @@ from dataclasses import dataclass
 import structlog
 
 from edged import sources
-from edged.config import CameraSettings, PrivacySettings, Settings, SmoothingSettings
+from edged.config import (
+    CameraSettings,
+    PipelineSettings,
+    PrivacySettings,
+    Settings,
+    SmoothingSettings,
+)
 from edged.contracts.status import CameraStatus
 from edged.privacy import Aggregator
 from edged.runtime.capture import Camera, Frame
+from edged.runtime.processor import CameraProcessor
 from edged.runtime.tracking import Tracker
 from edged.service.workers import in_thread
 
@@ -47,6 +54,16 @@ class CameraSlot:
     last_state_at: float = 0.0
     #: Aggregate mode only (``[privacy] mode``): the open interval's counts.
     aggregator: Aggregator | None = None
+    #: Detection interval and per-track classification schedule around ``tracker``
+    #: (:meth:`processor_for` rebuilds it when the tracker was replaced).
+    processor: CameraProcessor | None = None
+
+    def processor_for(self, settings: PipelineSettings) -> CameraProcessor:
+        """This camera's processor, on ``tracker`` (a classifier with other labels gets a
+        new tracker, and with it a new schedule: its old probabilities mean nothing)."""
+        if self.processor is None or self.processor.tracker is not self.tracker:
+            self.processor = CameraProcessor(self.tracker, settings)
+        return self.processor
 
     def status(self) -> CameraStatus:
         st = self.camera.stats()
@@ -66,9 +83,16 @@ class CameraSlot:
             inference_ms=round(self.inference_ms, 2) if self.inference_ms is not None else None,
         )
 
-    def reconfigure(self, smoothing: SmoothingSettings, privacy: PrivacySettings) -> None:
-        """New smoothing and privacy settings, tracks kept."""
+    def reconfigure(
+        self,
+        smoothing: SmoothingSettings,
+        privacy: PrivacySettings,
+        pipeline: PipelineSettings | None = None,
+    ) -> None:
+        """New smoothing, privacy and scheduling settings, tracks kept."""
         self.tracker.configure(smoothing, privacy)
+        if pipeline is not None and self.processor is not None:
+            self.processor.configure(pipeline)
         if self.aggregator is not None:
             self.aggregator.configure(privacy)
 

@@ -256,7 +256,7 @@ class Reloader:
             if labels_changed:
                 await d.scheduler.emit_events(cam_id, slot.tracker.flush(now))
                 slot.tracker = d.new_tracker(cam_id)
-            slot.reconfigure(smoothing, privacy)
+            slot.reconfigure(smoothing, privacy, d.settings.pipeline)
 
     async def apply_cameras(
         self, old: Settings, new: Settings, labels_changed: bool = False

@@ -25,6 +25,7 @@ from edged.mqtt.publisher import Publisher
 from edged.pipeline import FrameResult, Pipeline
 from edged.privacy import Aggregator, per_person_allowed
 from edged.runtime.capture import Frame
+from edged.runtime.processor import CameraFrame, ProcessedFrame, finish_batch, plan_batch
 from edged.runtime.tracking import iso_utc
 from edged.service.cameras import Cameras, CameraSlot
 from edged.service.health import Metrics
@@ -114,21 +115,28 @@ class Scheduler:
                 await self.publish_aggregates()
                 await wait_event(self._frame_ready, self._idle_timeout(now))
                 continue
+            ps = self.c.settings.pipeline
+            items = [
+                (slot.processor_for(ps), CameraFrame(f.image, f.ts, f.wall_ts))
+                for _, slot, f in batch
+            ]
             self.rt.busy_since = time.monotonic()
-            try:
-                results = await infer.run(pipeline.process, [f.image for _, _, f in batch])
+            try:  # detection + classification of the due faces, off the loop
+                planned = await infer.run(plan_batch, pipeline, items)
             except EdgedError as exc:  # a model failing at run time must not kill the loop
                 self._inference_failed(str(exc), batch)
                 await asyncio.sleep(0.5)
                 continue
             finally:
                 self.rt.busy_since = None
-            self._record_inference(pipeline, results)
-            for (cam_id, slot, frame), result in zip(batch, results, strict=True):
+            # Trackers are fed here, on the loop, where reloads also flush and reconfigure them.
+            processed = finish_batch(pipeline, planned)
+            self._record_inference(pipeline, [p.result for p in processed])
+            for (cam_id, slot, _frame), done in zip(batch, processed, strict=True):
                 if self.cameras.get(cam_id) is not slot:  # removed or replaced by a reload
                     continue
-                _track_latency(slot, result, len(batch))
-                await self._after_frame(cam_id, slot, frame, result)
+                _track_latency(slot, done.result, len(batch))
+                await self._after_frame(cam_id, slot, done)
             await self._expire_idle_tracks()
             await self.publish_aggregates()
 
@@ -174,9 +182,7 @@ class Scheduler:
                 await self.emit_events(cam_id, events)
                 self._publish_state(cam_id, slot)
 
-    async def _after_frame(
-        self, cam_id: str, slot: CameraSlot, frame: Frame, result: FrameResult
-    ) -> None:
+    async def _after_frame(self, cam_id: str, slot: CameraSlot, done: ProcessedFrame) -> None:
         now = time.monotonic()
         if slot.last_processed:
             inst = 1.0 / max(now - slot.last_processed, 1e-6)
@@ -185,8 +191,8 @@ class Scheduler:
             )
         slot.last_processed = now
         slot.frames_processed += 1
-        slot.faces = len(result.faces)
-        events = slot.tracker.update(result.faces, frame.ts, frame.wall_ts)
+        slot.faces = len(done.faces)
+        events = done.events
         if not per_person_allowed(self.c.settings.privacy):
             # Aggregate mode: the tracker still smooths each face, but only counts leave.
             if slot.aggregator is None:

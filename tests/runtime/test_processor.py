@@ -94,7 +94,7 @@ def test_a_face_missed_by_detection_ends_only_after_the_track_timeout(
     left_at = None
     for i, image in enumerate(frames):
         out = proc.process(pipe, CameraFrame(image, i / FPS, i / FPS))
-        if any(e["type"] == "left" for e in out.events):
+        if any(e.type == "left" for e in out.events):
             left_at = i / FPS
             break
     assert left_at is not None
