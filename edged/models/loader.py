@@ -290,22 +290,10 @@ def _pick(
     fallbacks: list[Fallback],
     phase: str,
 ) -> tuple[str, T]:
-    """The model named explicitly (strict: its error is raised), else the chain's first
-    usable one."""
+    """The model named explicitly (strict: its error is raised as is), else the first of
+    the chain that builds, or NoUsableModelError listing every one tried."""
     if explicit:
         return explicit, build(_spec(explicit, kind))
-    return _first_usable(kind, names, build, models_dir, fallbacks, phase)
-
-
-def _first_usable(
-    kind: str,
-    names: Sequence[str],
-    build: Callable[[ModelSpec], T],
-    models_dir: Path,
-    fallbacks: list[Fallback],
-    phase: str,
-) -> tuple[str, T]:
-    """Walk a chain; the first model that builds, or NoUsableModelError listing them all."""
     for pos, name in enumerate(names):
         spec = _spec(name, kind)
         try:

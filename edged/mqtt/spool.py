@@ -284,6 +284,17 @@ class _SpoolFile:
         self.count_dropped(conn, dropped)
         return dropped
 
+    def log_dropped(self, dropped: int, **why: object) -> None:
+        """Say that the bounds dropped the oldest rows (nothing when none were)."""
+        if dropped:
+            log.warning(
+                "spool_dropped_oldest",
+                path=str(self.path),
+                dropped=dropped,
+                dropped_total=self.dropped,
+                **why,
+            )
+
     def close(self) -> None:
         with self.lock:
             if self._conn is None:
@@ -309,14 +320,7 @@ class _Maintenance:
         db = self._db
         with db.txn("FULL", "apply bounds", locked=locked) as conn:
             dropped = db.drop_oldest(conn, None)
-        if dropped:
-            log.warning(
-                "spool_dropped_oldest",
-                path=str(db.path),
-                dropped=dropped,
-                dropped_total=db.dropped,
-                reason=reason,
-            )
+        db.log_dropped(dropped, reason=reason)
 
     def set_limits(self, max_events: int, max_bytes: int) -> None:
         _check_limits(self._db.path, max_events, max_bytes)
@@ -436,15 +440,7 @@ class Spool:
             db.count += 1
             db.bytes += size
             dropped = db.drop_oldest(conn, row_id)
-        if dropped:
-            log.warning(
-                "spool_dropped_oldest",
-                path=str(self.path),
-                dropped=dropped,
-                dropped_total=db.dropped,
-                max_events=db.max_events,
-                max_bytes=db.max_bytes,
-            )
+        db.log_dropped(dropped, max_events=db.max_events, max_bytes=db.max_bytes)
         return row_id
 
     def peek(self, limit: int, after: int = 0) -> list[SpoolRow]:
