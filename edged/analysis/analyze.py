@@ -63,6 +63,34 @@ def analyze_file(
     providers, ModelError (and subclasses) when no model can be loaded, EdgedError when the
     annotated output cannot be written.
     """
+    _check_request(path, phase, providers, blur=blur, out=out)
+    # Read before loading any model: a wrong path should fail in milliseconds, not seconds.
+    image, video = _open_input(path)
+    try:
+        detect_only = detector is not None and classifier is None and phase is None
+        pipe = build_pipeline(
+            settings,
+            session_factory(settings, providers),
+            phase=phase,
+            detector=detector,
+            classifier=classifier,
+            models_dir=models_dir,
+            detect_only=detect_only,
+        )
+        if video is None:
+            assert image is not None
+            _analyze_image(pipe, image, out, emit, blur)
+        else:
+            _analyze_video(pipe, path, video[0], video[1], out, emit, blur)
+    finally:
+        if video is not None:
+            video[0].release()
+
+
+def _check_request(
+    path: Path, phase: str | None, providers: Sequence[str] | None, *, blur: bool, out: Path | None
+) -> None:
+    """Refuse a bad request before anything is read or loaded, naming the option at fault."""
     if phase is not None and phase not in PHASES:
         raise ConfigError(f"--phase: unknown phase {phase!r}; known: {', '.join(PHASES)}")
     if providers:
@@ -80,39 +108,26 @@ def analyze_file(
         # Only regular files: a FIFO would block the read, a device node is a camera.
         raise CaptureError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
 
-    # Read before loading any model: a wrong path should fail in milliseconds, not seconds.
-    capture: cv2.VideoCapture | None = None
+
+def _open_input(
+    path: Path,
+) -> tuple[Image | None, tuple[cv2.VideoCapture, tuple[Image, float]] | None]:
+    """The file as an image, or as an open video and its first frame (exactly one is set).
+
+    An image suffix is read as an image only; anything else is tried as a video first,
+    then as an image (a still under an unexpected name)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         image = _read_image(path)
         if image is None:
             raise CaptureError(f"{path}: cannot decode it as an image")
-    else:
-        opened = _open_video(path)
-        image = None if opened is not None else _read_image(path)
-        if opened is None and image is None:
-            raise CaptureError(f"{path}: cannot read it as a video or an image")
-        if opened is not None:
-            capture, first = opened
-
-    try:
-        detect_only = detector is not None and classifier is None and phase is None
-        pipe = build_pipeline(
-            settings,
-            session_factory(settings, providers),
-            phase=phase,
-            detector=detector,
-            classifier=classifier,
-            models_dir=models_dir,
-            detect_only=detect_only,
-        )
-        if image is not None:
-            _analyze_image(pipe, image, out, emit, blur)
-        else:
-            assert capture is not None
-            _analyze_video(pipe, path, capture, first, out, emit, blur)
-    finally:
-        if capture is not None:
-            capture.release()
+        return image, None
+    opened = _open_video(path)
+    if opened is not None:
+        return None, opened
+    image = _read_image(path)
+    if image is None:
+        raise CaptureError(f"{path}: cannot read it as a video or an image")
+    return image, None
 
 
 def frame_json(pipe: Pipeline, result: FrameResult) -> dict[str, Any]:

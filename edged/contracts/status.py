@@ -9,7 +9,7 @@ The publisher's figures come typed from :mod:`edged.contracts.publisher`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from edged.contracts.publisher import PublisherStatus
 
@@ -17,6 +17,12 @@ from edged.contracts.publisher import PublisherStatus
 HEARTBEAT_SCHEMA = 1
 
 Json = dict[str, object]
+
+
+def _fields_json(record: CameraStatus | CameraHeartbeat) -> Json:
+    """Every field under its own name: the wire shape *is* the dataclass, so a field added
+    to the record is in its JSON without a second list to keep in step."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 @dataclass(frozen=True)
@@ -41,32 +47,13 @@ class CameraStatus:
 
     def to_json(self) -> Json:
         """The full record (``/health``'s camera entries, the metrics' source)."""
-        return {
-            "state": self.state,
-            "fps_in": self.fps_in,
-            "fps_processed": self.fps_processed,
-            "faces": self.faces,
-            "frames_in": self.frames_in,
-            "frames_processed": self.frames_processed,
-            "frames_failed": self.frames_failed,
-            "dropped_frames": self.dropped_frames,
-            "last_frame_age_s": self.last_frame_age_s,
-            "reconnects": self.reconnects,
-            "last_error": self.last_error,
-            "inference_ms": self.inference_ms,
-        }
+        return _fields_json(self)
 
     def heartbeat(self, faces_shown: int | None) -> CameraHeartbeat:
-        """The heartbeat's subset; ``faces_shown`` is the count privacy lets out."""
-        return CameraHeartbeat(
-            state=self.state,
-            fps_in=self.fps_in,
-            fps_processed=self.fps_processed,
-            faces=faces_shown,
-            dropped_frames=self.dropped_frames,
-            last_frame_age_s=self.last_frame_age_s,
-            inference_ms=self.inference_ms,
-        )
+        """The heartbeat's subset (:class:`CameraHeartbeat`'s fields, taken from this
+        record); ``faces_shown`` is the count privacy lets out."""
+        shared = {f.name: getattr(self, f.name) for f in fields(CameraHeartbeat)}
+        return CameraHeartbeat(**{**shared, "faces": faces_shown})
 
 
 @dataclass(frozen=True)
@@ -82,15 +69,7 @@ class CameraHeartbeat:
     inference_ms: float | None = None
 
     def to_json(self) -> Json:
-        return {
-            "state": self.state,
-            "fps_in": self.fps_in,
-            "fps_processed": self.fps_processed,
-            "faces": self.faces,
-            "dropped_frames": self.dropped_frames,
-            "last_frame_age_s": self.last_frame_age_s,
-            "inference_ms": self.inference_ms,
-        }
+        return _fields_json(self)
 
 
 @dataclass(frozen=True)

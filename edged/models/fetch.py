@@ -409,58 +409,96 @@ def _attempt(
         raise _RetryableError(f"server refused to resume {url} at byte {offset}; restarting")
     assert resp is not None
     with contextlib.closing(resp):
-        if info.status == 206 and info.offset != offset:
-            part.unlink(missing_ok=True)
-            raise _RetryableError(
-                f"server sent bytes from {info.offset} instead of {offset} for {url}; restarting"
-            )
-        start = offset if info.status == 206 else 0
-        if offset and info.status != 206:
-            log.info("fetch_range_ignored", url=url, had=offset)
-        total = info.total
-        if total is None and info.length is not None:
-            total = start + info.length
-        if expected_size and total is not None and total != expected_size:
-            part.unlink(missing_ok=True)
-            raise FetchError(
-                f"wrong size: {url} is {total} bytes but the catalogue expects "
-                f"{expected_size}; not downloading it"
-            )
+        start, total = _resume_point(url, part, offset, expected_size, info)
         if total is not None:
             _disk_check(part.parent, total - start, label)
-        received = start
         sink.begin(label, total, start)
         try:
-            # Appending after exactly `start` bytes (206 checked above), or from scratch.
-            with part.open("ab" if start else "wb") as fh:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except TimeoutError as exc:
-                        raise _RetryableError(
-                            f"timed out after {timeout:g} s reading {url} at byte {received}"
-                        ) from exc
-                    except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                        raise _RetryableError(
-                            f"connection dropped reading {url} at byte {received}: {exc!r}"
-                        ) from exc
-                    if not chunk:
-                        break
-                    try:
-                        fh.write(chunk)
-                    except OSError as exc:
-                        if exc.errno == errno.ENOSPC:
-                            need = (total - received) if total is not None else len(chunk)
-                            raise FetchError(
-                                _disk_full_message(part.parent, need, label, _free(part.parent))
-                            ) from exc
-                        raise FetchError(f"cannot write {part}: {exc}") from exc
-                    received += len(chunk)
-                    sink.advance(len(chunk))
-                fh.flush()
-                os.fsync(fh.fileno())
+            received = _stream(resp, part, start, total, timeout, sink, label, url)
         finally:
             sink.end()
+    _check_received(url, part, received, total, expected_size)
+    return received
+
+
+def _resume_point(
+    url: str, part: Path, offset: int, expected_size: int, info: _Response
+) -> tuple[int, int | None]:
+    """Where the response's bytes start in the file and the file's total size (if known);
+    a server that resumes elsewhere, or a size the catalogue does not expect, is refused."""
+    if info.status == 206 and info.offset != offset:
+        part.unlink(missing_ok=True)
+        raise _RetryableError(
+            f"server sent bytes from {info.offset} instead of {offset} for {url}; restarting"
+        )
+    start = offset if info.status == 206 else 0
+    if offset and info.status != 206:
+        log.info("fetch_range_ignored", url=url, had=offset)
+    total = info.total
+    if total is None and info.length is not None:
+        total = start + info.length
+    if expected_size and total is not None and total != expected_size:
+        part.unlink(missing_ok=True)
+        raise FetchError(
+            f"wrong size: {url} is {total} bytes but the catalogue expects "
+            f"{expected_size}; not downloading it"
+        )
+    return start, total
+
+
+class _Body(Protocol):
+    """What :func:`_stream` reads: an HTTP or ``file://`` response body."""
+
+    def read(self, amt: int, /) -> bytes: ...
+
+
+def _stream(
+    resp: _Body,
+    part: Path,
+    start: int,
+    total: int | None,
+    timeout: float,
+    sink: ProgressSink,
+    label: str,
+    url: str,
+) -> int:
+    """Write the body to ``part`` after exactly ``start`` bytes (or from scratch), fsync'ed;
+    returns the bytes ``part`` then holds. A dropped or stalled connection is retryable."""
+    received = start
+    with part.open("ab" if start else "wb") as fh:
+        while True:
+            try:
+                chunk = resp.read(_CHUNK)
+            except TimeoutError as exc:
+                raise _RetryableError(
+                    f"timed out after {timeout:g} s reading {url} at byte {received}"
+                ) from exc
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                raise _RetryableError(
+                    f"connection dropped reading {url} at byte {received}: {exc!r}"
+                ) from exc
+            if not chunk:
+                break
+            try:
+                fh.write(chunk)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    need = (total - received) if total is not None else len(chunk)
+                    raise FetchError(
+                        _disk_full_message(part.parent, need, label, _free(part.parent))
+                    ) from exc
+                raise FetchError(f"cannot write {part}: {exc}") from exc
+            received += len(chunk)
+            sink.advance(len(chunk))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return received
+
+
+def _check_received(
+    url: str, part: Path, received: int, total: int | None, expected_size: int
+) -> None:
+    """A short body is retryable (resumed next time); a long or mis-sized one is refused."""
     if total is not None and received != total:
         if received > total:
             part.unlink(missing_ok=True)
@@ -474,7 +512,6 @@ def _attempt(
             f"wrong size: received {received} bytes from {url} but the catalogue expects "
             f"{expected_size}"
         )
-    return received
 
 
 # --------------------------------------------------------------------------- install
@@ -675,6 +712,18 @@ def install_file(
             retries=retries,
             progress=progress,
         )
+    actual, nbytes = _place_verified(candidate, dest, expected, source, store, rel)
+    store.record(rel, actual, nbytes, source.where)
+    log.info("fetch_installed", model=name, file=str(dest), sha256=actual, verified_by=verified_by)
+    return FetchResult(name, rel, dest, source.where, actual, nbytes, True, verified_by)
+
+
+def _place_verified(
+    candidate: Path, dest: Path, expected: str, source: Source, store: ChecksumStore, rel: str
+) -> tuple[str, int]:
+    """Move a downloaded ``candidate`` onto ``dest`` if its hash is the ``expected`` one
+    (any, when nothing is expected yet); returns its hash and size. A mismatch, or any
+    failure, discards the candidate, so a bad download never sits where a model should."""
     try:
         actual = sha256_file(candidate)
         if expected and actual != expected:
@@ -698,9 +747,7 @@ def install_file(
         candidate.unlink(missing_ok=True)
         raise
     fsync_dir(dest.parent)
-    store.record(rel, actual, nbytes, source.where)
-    log.info("fetch_installed", model=name, file=str(dest), sha256=actual, verified_by=verified_by)
-    return FetchResult(name, rel, dest, source.where, actual, nbytes, True, verified_by)
+    return actual, nbytes
 
 
 def fetch_model(

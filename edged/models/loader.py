@@ -27,10 +27,10 @@ tried, its reason and the command that installs it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import onnxruntime as ort
 import structlog
@@ -50,6 +50,14 @@ from edged.models.detection.common import ort_errors
 from edged.models.providers import SessionFactory
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: How errors name each kind of model: (what it is, what implements it).
+_KIND_WORDS = {
+    "detector": ("a face detector", "detector"),
+    "emotion": ("an emotion model", "classifier"),
+}
 
 
 @dataclass(frozen=True)
@@ -200,14 +208,8 @@ def load_detector(
     ``sessions_out`` receives the ONNX Runtime session(s) under the model name (the
     benchmark times ``session.run`` on exactly the session the pipeline uses).
     """
-    if spec.kind != "detector":
-        raise ModelError(f"'{spec.name}' is an emotion model, not a face detector")
-    cls = DETECTORS.get(spec.family)
-    if cls is None:
-        raise ModelError(f"no detector implementation for the '{spec.family}' family")
-    sessions, provider = open_sessions(spec, models_dir, factory)
-    if sessions_out is not None:
-        sessions_out[spec.name] = sessions
+    cls = _implementation(spec, "detector", DETECTORS)
+    sessions, provider = _open_into(spec, models_dir, factory, sessions_out)
     try:
         detector: Detector = cls(
             spec,
@@ -237,15 +239,33 @@ def load_classifier(
     sessions_out: dict[str, list[ort.InferenceSession]] | None = None,
 ) -> Classifier:
     """A ready (warmed-up) emotion classifier for ``spec`` (``sessions_out`` as above)."""
-    if spec.kind != "emotion":
-        raise ModelError(f"'{spec.name}' is a face detector, not an emotion model")
-    cls = CLASSIFIERS.get(spec.family)
+    cls = _implementation(spec, "emotion", CLASSIFIERS)
+    sessions, provider = _open_into(spec, models_dir, factory, sessions_out)
+    return cls(spec, sessions, provider)
+
+
+def _implementation(spec: ModelSpec, kind: str, registry: Mapping[str, T]) -> T:
+    """The class of the registry that implements ``spec``, which must be of ``kind``."""
+    if spec.kind != kind:
+        is_, _ = _KIND_WORDS[spec.kind]
+        raise ModelError(f"'{spec.name}' is {is_}, not {_KIND_WORDS[kind][0]}")
+    cls = registry.get(spec.family)
     if cls is None:
-        raise ModelError(f"no classifier implementation for the '{spec.family}' family")
+        raise ModelError(f"no {_KIND_WORDS[kind][1]} implementation for the '{spec.family}' family")
+    return cls
+
+
+def _open_into(
+    spec: ModelSpec,
+    models_dir: Path,
+    factory: SessionFactory,
+    sessions_out: dict[str, list[ort.InferenceSession]] | None,
+) -> tuple[list[ort.InferenceSession], str]:
+    """:func:`open_sessions`, recording the sessions under the model's name if asked."""
     sessions, provider = open_sessions(spec, models_dir, factory)
     if sessions_out is not None:
         sessions_out[spec.name] = sessions
-    return cls(spec, sessions, provider)
+    return sessions, provider
 
 
 def _spec(name: str, kind: str) -> ModelSpec:
@@ -261,15 +281,19 @@ def _files(spec: ModelSpec, models_dir: Path) -> str:
     return " + ".join(str(p) for p in spec.paths(models_dir))
 
 
-def _first_usable(
+def _pick(
     kind: str,
+    explicit: str | None,
     names: Sequence[str],
-    build: Any,
+    build: Callable[[ModelSpec], T],
     models_dir: Path,
     fallbacks: list[Fallback],
     phase: str,
-) -> Any:
-    """Walk a chain; the first model that builds, or NoUsableModelError listing them all."""
+) -> tuple[str, T]:
+    """The model named explicitly (strict: its error is raised as is), else the first of
+    the chain that builds, or NoUsableModelError listing every one tried."""
+    if explicit:
+        return explicit, build(_spec(explicit, kind))
     for pos, name in enumerate(names):
         spec = _spec(name, kind)
         try:
@@ -332,6 +356,7 @@ def resolve(
     fallbacks: list[Fallback] = []
     providers: dict[str, str] = {}
     sessions: dict[str, list[ort.InferenceSession]] = {}
+    walk = (models_dir, fallbacks, phase_name)  # where a chain is walked and its failures go
 
     def build_det(spec: ModelSpec) -> Detector:
         return load_detector(spec, models_dir, factory, pipeline_settings, sessions_out=sessions)
@@ -339,39 +364,20 @@ def resolve(
     def build_cls(spec: ModelSpec) -> Classifier:
         return load_classifier(spec, models_dir, factory, sessions_out=sessions)
 
-    det_name = detector or pipeline_settings.detector or None
-    if det_name:
-        det = build_det(_spec(det_name, "detector"))
-    else:
-        det_name, det = _first_usable(
-            "detector", ph.detectors, build_det, models_dir, fallbacks, phase_name
-        )
+    explicit = detector or pipeline_settings.detector or None
+    det_name, det = _pick("detector", explicit, ph.detectors, build_det, *walk)
     providers[det_name] = det.provider
 
     cls_obj: Classifier | None = None
     cls_name: str | None = None
     if with_classifier:
-        cls_name = classifier or pipeline_settings.classifier or None
-        if cls_name:
-            cls_obj = build_cls(_spec(cls_name, "emotion"))
-        else:
-            cls_name, cls_obj = _first_usable(
-                "emotion", ph.classifiers, build_cls, models_dir, fallbacks, phase_name
-            )
-        assert cls_obj is not None and cls_name is not None
-        providers[cls_name] = cls_obj.provider
+        explicit = classifier or pipeline_settings.classifier or None
+        cls_name, chosen = _pick("emotion", explicit, ph.classifiers, build_cls, *walk)
+        providers[cls_name] = chosen.provider
+        cls_obj = chosen
 
     crop: PhaseCrop = ph.crop if pipeline_settings.crop == "auto" else pipeline_settings.crop
-    log.info(
-        "models_resolved",
-        phase=phase_name,
-        detector=det_name,
-        classifier=cls_name,
-        crop=crop,
-        providers=providers,
-        fallbacks=[fb.name for fb in fallbacks],
-    )
-    return LoadedModels(
+    loaded = LoadedModels(
         detector=det,
         classifier=cls_obj,
         crop=crop,
@@ -381,4 +387,18 @@ def resolve(
         providers=providers,
         fallbacks=fallbacks,
         sessions={k: v for k, v in sessions.items() if k in providers},
+    )
+    _log_resolved(loaded)
+    return loaded
+
+
+def _log_resolved(loaded: LoadedModels) -> None:
+    log.info(
+        "models_resolved",
+        phase=loaded.phase,
+        detector=loaded.models["detector"],
+        classifier=loaded.models["classifier"],
+        crop=loaded.crop,
+        providers=loaded.providers,
+        fallbacks=[fb.name for fb in loaded.fallbacks],
     )

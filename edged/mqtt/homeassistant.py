@@ -242,36 +242,34 @@ def _aggregate(
     }
 
 
+#: A camera's diagnostic sensors, read from its heartbeat entry: field → (name, extras).
+_CAMERA_DIAGNOSTICS: dict[str, tuple[str, dict[str, str]]] = {
+    "fps_processed": (
+        "Frames processed per second",
+        {"unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:speedometer"},
+    ),
+    "dropped_frames": (
+        "Dropped frames",
+        {"state_class": "total_increasing", "icon": "mdi:filmstrip-off"},
+    ),
+    "inference_ms": (
+        "Inference latency",
+        {"device_class": "duration", "unit_of_measurement": "ms", "state_class": "measurement"},
+    ),
+}
+
+
 def _camera_diagnostics(topics: Topics, device_id: str, camera: str) -> dict[str, Component]:
     prefix = camera_device_identifier(device_id, camera)
-    beat = topics.heartbeat
     return {
-        "fps_processed": _diagnostic(
-            f"{prefix}_fps_processed",
-            "Frames processed per second",
-            beat,
-            heartbeat_template("cameras", camera, "fps_processed"),
-            unit_of_measurement="fps",
-            state_class="measurement",
-            icon="mdi:speedometer",
-        ),
-        "dropped_frames": _diagnostic(
-            f"{prefix}_dropped_frames",
-            "Dropped frames",
-            beat,
-            heartbeat_template("cameras", camera, "dropped_frames"),
-            state_class="total_increasing",
-            icon="mdi:filmstrip-off",
-        ),
-        "inference_ms": _diagnostic(
-            f"{prefix}_inference_ms",
-            "Inference latency",
-            beat,
-            heartbeat_template("cameras", camera, "inference_ms"),
-            device_class="duration",
-            unit_of_measurement="ms",
-            state_class="measurement",
-        ),
+        key: _diagnostic(
+            f"{prefix}_{key}",
+            name,
+            topics.heartbeat,
+            heartbeat_template("cameras", camera, key),
+            **extra,
+        )
+        for key, (name, extra) in _CAMERA_DIAGNOSTICS.items()
     }
 
 

@@ -336,6 +336,17 @@ class Link:
         info = self.publish_on(client, topic, payload, qos, retain, meta)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def say_offline(self, client: mqtt.Client, status_topic: str, deadline: float) -> None:
+        """Publish the retained ``offline`` a clean DISCONNECT would not (the will fires
+        only on an unclean one) and wait for its PUBACK until ``deadline`` at most."""
+        if not self.connected:
+            return
+        info = self.publish_on(client, status_topic, STATUS_OFFLINE, 1, True, TEXT)
+        try:
+            info.wait_for_publish(max(0.05, deadline - time.monotonic()))
+        except (RuntimeError, ValueError) as exc:
+            log.warning("mqtt_offline_not_acknowledged", error=str(exc))
+
     def room(self, gen: int) -> tuple[mqtt.Client, int] | None:
         """The client and free window on connection ``gen``; ``None`` once it is gone."""
         with self.cv:
@@ -384,6 +395,13 @@ class Link:
             if spool_id is not None:
                 self.events_inflight += 1
 
+    def _note_error_locked(self, error: str) -> bool:
+        """Record ``error`` (``cv`` held); ``True`` when it differs from the last one, so a
+        retrying failure is logged when its reason changes, not on every attempt."""
+        changed = self.last_error != error
+        self.last_error = error
+        return changed
+
     # -- paho callbacks (paho's network thread) --------------------------------------------
 
     def _on_connect(
@@ -397,12 +415,11 @@ class Link:
         with self.cv:
             if client is not self._client:
                 return
+            changed = reason_code.is_failure and self._note_error_locked(
+                f"connection refused: {reason_code}"
+            )
         if reason_code.is_failure:
-            error = f"connection refused: {reason_code}"
-            with self.cv:
-                repeated = self.last_error == error
-                self.last_error = error
-            if not repeated:  # paho retries with backoff; say it once, not every attempt
+            if changed:  # paho retries with backoff; say it once, not every attempt
                 log.error("mqtt_connect_refused", reason=str(reason_code), note="retrying")
             return
         window = self._max_inflight
@@ -430,9 +447,8 @@ class Link:
                 return
             host, port = self._address
             error = f"cannot connect to {host}:{port}" + (f": {reason}" if reason else "")
-            first = self.last_error != error
-            self.last_error = error
-        if first:  # paho retries with backoff; say it when the reason changes, not every time
+            changed = self._note_error_locked(error)
+        if changed:  # paho retries with backoff; say it when the reason changes, not every time
             log.warning("mqtt_connect_failed", host=host, port=port, reason=reason, note="retrying")
 
     def _on_disconnect(

@@ -6,16 +6,18 @@
 * :mod:`edged.mqtt.sender` — the spool sender thread (ordered, acked, expiring);
 * :mod:`edged.mqtt.retained` — retained state and the owned-topic bookkeeping;
 * :mod:`edged.mqtt.homeassistant` — discovery configs and unique ids;
-* :mod:`edged.mqtt.router` — inbound ``config/set`` and Home Assistant birth messages.
+* :mod:`edged.mqtt.router` — inbound ``config/set`` and Home Assistant birth messages;
+* :mod:`edged.mqtt.gate` — the way into the spool: privacy gate and writer thread.
 
 **MQTT 5** (``[mqtt] protocol = "5"``): every payload carries its content type
 (``application/json`` or ``text/plain``), heartbeats a message expiry of two intervals, and
 a ``config/result`` goes to the request's response topic with its correlation data when
 the request gave them. Under 3.1.1 none of these exist and nothing else changes.
 
-**Privacy is enforced again at this gate** (:mod:`edged.privacy`): events and attributes
-are minimised before they are encoded, per-person payloads are refused in aggregate mode,
-spooled events are re-shaped (or dropped) when the settings tighten.
+**Privacy is enforced again at the gate** (:mod:`edged.mqtt.gate`, :mod:`edged.privacy`):
+events and attributes are minimised before they are encoded, per-person payloads are
+refused in aggregate mode, spooled events are re-shaped (or dropped) when the settings
+tighten.
 
 **Clean stop**: a clean DISCONNECT never fires the will, so :meth:`Publisher.stop`
 publishes the retained ``offline`` itself and waits (bounded) for its PUBACK.
@@ -29,13 +31,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
 
-from edged.config import PrivacySettings, Settings
+from edged.config import Settings
 from edged.contracts.events import (
     AggregateReport,
     ConfigResult,
@@ -44,7 +45,8 @@ from edged.contracts.events import (
     json_bytes,
 )
 from edged.contracts.publisher import PublisherStatus
-from edged.errors import PublishError, SpoolError
+from edged.errors import PublishError
+from edged.mqtt.gate import SpoolGate
 from edged.mqtt.homeassistant import aggregate_unique_id, discovery_unique_id
 from edged.mqtt.link import (
     TEXT,
@@ -55,9 +57,9 @@ from edged.mqtt.link import (
     connection_key,
 )
 from edged.mqtt.retained import RetainedState, load_owned
-from edged.mqtt.router import ConfigRequest, Router
+from edged.mqtt.router import ConfigRequest, Router, reply_topic, sendable_result
 from edged.mqtt.sender import Sender
-from edged.mqtt.spool import Spool, SpoolRow, spool_path
+from edged.mqtt.spool import Spool
 from edged.mqtt.topics import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
@@ -65,7 +67,6 @@ from edged.mqtt.topics import (
     check_camera_id,
     topics_for,
 )
-from edged.privacy import minimise_event, minimise_spooled_event, per_person_allowed
 
 log = structlog.get_logger(__name__)
 
@@ -84,41 +85,18 @@ def _legacy_hook(hook: Callable[[bytes], None]) -> Callable[[ConfigRequest], Non
     return lambda request: hook(request.payload)
 
 
-def _reply_topic(topic: str | None) -> str | None:
-    """A response topic we can publish to: no wildcard, no empty or NUL-bearing name."""
-    if not topic or any(c in topic for c in "+#\0"):
-        return None
-    return topic
-
-
-def _open_spool(settings: Settings) -> Spool:
-    return Spool(
-        spool_path(settings.device.state_dir),
-        max_events=settings.mqtt.spool_max_events,
-        max_bytes=settings.mqtt.spool_max_bytes,
+def _log_starting(settings: Settings, topics: Topics) -> None:
+    m = settings.mqtt
+    log.info(
+        "mqtt_starting",
+        host=m.host,
+        port=m.port,
+        protocol=m.protocol,
+        client_id=m.resolved_client_id(settings.device.id),
+        tls=m.tls_ca is not None or m.tls_cert is not None,
+        username=m.username or None,
+        base_topic=topics.base,
     )
-
-
-def minimise_spool(spool: Spool, privacy: PrivacySettings) -> None:
-    """Re-shape the events waiting in ``spool`` for ``privacy`` (dropped in aggregate mode):
-    what was recorded under looser settings must not leave under the new ones."""
-    if spool.closed or spool.pending() == 0:
-        return
-    if per_person_allowed(privacy) and privacy.publish_boxes and privacy.publish_scores:
-        return  # nothing an event could lose: do not read the whole spool for nothing
-
-    def shape(row: SpoolRow) -> bytes | None:
-        if not row.topic.endswith("/event"):
-            return row.payload
-        return minimise_spooled_event(row.payload, privacy)
-
-    try:
-        rewritten, dropped = spool.rewrite(shape)
-    except SpoolError as exc:
-        log.error("spool_not_minimised", error=str(exc))
-        return
-    if rewritten or dropped:
-        log.info("spool_minimised", rewritten=rewritten, dropped=dropped, mode=privacy.mode)
 
 
 class Publisher:
@@ -148,17 +126,11 @@ class Publisher:
             raise PublishError("max_inflight must be >= 1")
         self._settings = settings
         self._topics = topics_for(settings)
-        self._privacy = settings.privacy
-        # Held by publish_event from its privacy check to its spool write, and while the
-        # settings change with the spool re-shaped: no event checked under the old
-        # settings lands in the spool after the re-shaping for the new ones.
-        self._privacy_lock = threading.Lock()
         # Serialises start, stop and client replacement.
         self._lifecycle_lock = threading.Lock()
         # connection_key of the settings the current client was built from (None: none yet)
         self._client_key: tuple[object, ...] | None = None
-        self._owns_spool = spool is None
-        self._spool = spool if spool is not None else _open_spool(settings)
+        self._gate = SpoolGate(settings, spool, on_put=lambda: self._link.poke())
         if on_config_request is None and on_config_set is not None:
             on_config_request = _legacy_hook(on_config_set)
         self._router = Router(on_config_request, self._on_homeassistant_online)
@@ -166,18 +138,17 @@ class Publisher:
             max_inflight,
             on_connected=self._on_connected,
             on_message=lambda msg: self._router.dispatch(self._topics, msg),
-            pending=lambda: self._spool.pending(),
+            pending=lambda: self._gate.spool.pending(),
         )
-        self._retained = RetainedState(self._link, settings, load_owned(self._spool))
+        self._retained = RetainedState(self._link, settings, load_owned(self._gate.spool))
         self._sender = Sender(
             self._link,
-            self._spool,
+            self._gate.spool,
             announce=self._announce,
             rediscover=self._retained.rediscover,
-            housekeeping=lambda: self._retained.persist(self._spool),
-            max_age_s=lambda: self._privacy.spool_max_age_s,
+            housekeeping=lambda: self._retained.persist(self._gate.spool),
+            max_age_s=lambda: self._gate.privacy.spool_max_age_s,
         )
-        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def on_config_request(self) -> Callable[[ConfigRequest], None] | None:
@@ -196,35 +167,23 @@ class Publisher:
         settings (they may have been written under looser ones).
         """
         with self._lifecycle_lock:
-            minimise_spool(self._spool, self._privacy)
+            self._gate.minimise()
             self._start_locked(None)
 
     def _start_locked(self, client: mqtt.Client | None) -> None:
         """:meth:`start` under ``_lifecycle_lock``, with a client already built (and so
         validated) by :meth:`update_settings`, or ``None`` to build one now."""
-        if self._spool.closed:
-            self._spool = _open_spool(self._settings)
-            self._sender.spool = self._spool
-            self._owns_spool = True
+        if self._gate.reopen():
+            self._sender.spool = self._gate.spool
         if self._link.client is not None:
             return
         if client is None:
             self._client_key = connection_key(self._settings)
             client = build_client(self._settings, self._link)
-        m = self._settings.mqtt
-        self._link.attach(client, m.host, m.port)
+        self._link.attach(client, self._settings.mqtt.host, self._settings.mqtt.port)
         self._sender.start()
         client.loop_start()
-        log.info(
-            "mqtt_starting",
-            host=m.host,
-            port=m.port,
-            protocol=m.protocol,
-            client_id=m.resolved_client_id(self._settings.device.id),
-            tls=m.tls_ca is not None or m.tls_cert is not None,
-            username=m.username or None,
-            base_topic=self._topics.base,
-        )
+        _log_starting(self._settings, self._topics)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what the spool can send, publish retained ``offline``, disconnect cleanly.
@@ -234,13 +193,10 @@ class Publisher:
         """
         with self._lifecycle_lock:
             sender_exited = self._stop_client(timeout, flush=True)
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            self._gate.shut_down()
             if sender_exited:  # the sender is the owned topics' only writer while it runs
-                self._retained.persist(self._spool)
-            if self._owns_spool:
-                self._spool.close()
+                self._retained.persist(self._gate.spool)
+            self._gate.close()
 
     def _stop_client(self, timeout: float, *, flush: bool) -> bool:
         """Stop the sender and the client; ``True`` when the sender thread has exited."""
@@ -253,18 +209,13 @@ class Publisher:
         if flush and self._link.connected:
             flushed_ok = self._sender.wait_flushed(deadline - reserve)
         exited = self._sender.stop(deadline)
-        if self._link.connected:
-            info = self._link.publish_on(client, self._topics.status, STATUS_OFFLINE, 1, True, TEXT)
-            try:
-                info.wait_for_publish(max(0.05, deadline - time.monotonic()))
-            except (RuntimeError, ValueError) as exc:
-                log.warning("mqtt_offline_not_acknowledged", error=str(exc))
+        self._link.say_offline(client, self._topics.status, deadline)
         try:
             self._sender.process_acks()
         except Exception as exc:  # SpoolError: those events are simply sent again later
             log.warning("spool_ack_failed_on_stop", error=str(exc))
         self._link.shut_down(client, deadline)
-        pending = self._spool.pending()
+        pending = self._gate.spool.pending()
         log.info("mqtt_stopped", spool_pending=pending, flushed=flushed_ok and pending == 0)
         return exited
 
@@ -281,25 +232,10 @@ class Publisher:
         running client, settings and spool bounds are left exactly as they were and the
         exception propagates, so the daemon can refuse the reload and keep publishing.
         """
-        old = self._settings
         new_key = connection_key(settings)
         # Validate before giving anything up; a client that is never started costs nothing.
         client = build_client(settings, self._link) if new_key != self._client_key else None
-        if settings.device.state_dir != old.device.state_dir:
-            log.warning(
-                "spool_state_dir_change_ignored",
-                running=str(old.device.state_dir),
-                configured=str(settings.device.state_dir),
-                note="takes effect after a restart",
-            )
-        self._spool.set_limits(
-            max_events=settings.mqtt.spool_max_events, max_bytes=settings.mqtt.spool_max_bytes
-        )
-        if settings.privacy != self._privacy:
-            with self._privacy_lock:
-                self._privacy = settings.privacy
-                self._retained.set_privacy(settings.privacy)
-                minimise_spool(self._spool, settings.privacy)
+        self._gate.update(settings, on_privacy=self._retained.set_privacy)
         if client is None:
             self._settings = settings
             return
@@ -330,41 +266,23 @@ class Publisher:
         :class:`~edged.errors.SpoolError` when the spool cannot be written.
         """
         topic = self._topics.event(check_camera_id(camera_id))
-        with self._privacy_lock:
-            privacy = self._privacy
-            if not per_person_allowed(privacy):
-                log.debug("event_not_published", camera=camera_id, reason="privacy.mode aggregate")
-                return 0
-            return self._spool_put(topic, json_bytes(minimise_event(event, privacy).to_json()))
+        return self._gate.put_event(topic, camera_id, event)
 
     async def publish_event_async(self, camera_id: str, event: EmotionEvent) -> int:
         """:meth:`publish_event` off the event loop, on one worker thread so order is kept."""
-        return await asyncio.wrap_future(
-            self._worker().submit(self.publish_event, camera_id, event)
-        )
+        return await asyncio.wrap_future(self._gate.submit(self.publish_event, camera_id, event))
 
     def publish_aggregate(self, camera_id: str, report: AggregateReport) -> int:
         """Spool an aggregate report for ``<base>/<camera>/aggregate`` at QoS 1 (not
         retained: a report describes its interval, not the present); returns its spool id.
         """
         topic = self._topics.aggregate(check_camera_id(camera_id))
-        return self._spool_put(topic, json_bytes(report.to_json()))
+        return self._gate.put(topic, json_bytes(report.to_json()))
 
     async def publish_aggregate_async(self, camera_id: str, report: AggregateReport) -> int:
         """:meth:`publish_aggregate` off the event loop, on the events' worker thread."""
-        future = self._worker().submit(self.publish_aggregate, camera_id, report)
+        future = self._gate.submit(self.publish_aggregate, camera_id, report)
         return await asyncio.wrap_future(future)
-
-    def _worker(self) -> ThreadPoolExecutor:
-        """The one thread spool writes from the loop go through, so their order is kept."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edged-spool")
-        return self._executor
-
-    def _spool_put(self, topic: str, payload: bytes) -> int:
-        row_id = self._spool.put(topic, payload, qos=1)
-        self._link.poke()
-        return row_id
 
     def publish_state(self, camera_id: str, emotion: str, attributes: StateAttributes) -> None:
         """Retained ``<base>/<camera>/emotion`` (plain string) and ``.../attributes`` (JSON).
@@ -405,15 +323,11 @@ class Publisher:
         connection if that comes soon (``RESULT_GRACE_S``): a change of the MQTT settings
         reconnects while it is applied, and its sender must still get the answer.
         """
-        if isinstance(result, bool):
-            result = ConfigResult.now(result, error)
-        if result.error is not None:  # an echoed value may hold what UTF-8 cannot encode
-            clean = result.error.encode("utf-8", "backslashreplace").decode("utf-8")
-            result = ConfigResult(result.ok, clean, result.ts, result.id, result.schema)
+        body = json_bytes(sendable_result(result, error).to_json())
         v5 = self._settings.mqtt.protocol == "5"
-        topic = _reply_topic(response_topic) if v5 else None
+        topic = reply_topic(response_topic) if v5 else None
         meta = Meta("application/json", correlation_data=correlation_data if v5 else None)
-        return self._retained.publish_result(json_bytes(result.to_json()), topic, meta)
+        return self._retained.publish_result(body, topic, meta)
 
     def publish_discovery(
         self, cameras: Sequence[str], labels: Sequence[str] | None = None
@@ -443,7 +357,7 @@ class Publisher:
             host=self._settings.mqtt.host,
             port=self._settings.mqtt.port,
             reconnects=self._link.reconnects,
-            spool_pending=self._spool.pending(),
+            spool_pending=self._gate.spool.pending(),
             dropped_stale=dropped_stale,
         )
 
@@ -462,9 +376,9 @@ class Publisher:
         with self._sender.ack_lock, self._link.cv:
             return PublisherStatus(
                 connected=self._link.connected_locked,
-                spool_pending=self._spool.pending(),
-                spool_dropped=self._spool.dropped(),
-                spool_expired=self._spool.expired(),
+                spool_pending=self._gate.spool.pending(),
+                spool_dropped=self._gate.spool.dropped(),
+                spool_expired=self._gate.spool.expired(),
                 events_published=self._sender.events_published,
                 events_rejected=self._sender.events_rejected,
                 inflight=self._link.events_inflight,
@@ -482,7 +396,7 @@ class Publisher:
 
     @property
     def spool(self) -> Spool:
-        return self._spool
+        return self._gate.spool
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 import structlog
 
+from edged.contracts.events import ConfigResult
 from edged.mqtt.topics import STATUS_ONLINE, Topics
 
 log = structlog.get_logger(__name__)
@@ -22,6 +23,24 @@ log = structlog.get_logger(__name__)
 
 #: Payloads larger than this are not parsed for their ``id`` (the daemon refuses them).
 MAX_ID_PAYLOAD_BYTES = 64 * 1024
+
+
+def reply_topic(topic: str | None) -> str | None:
+    """A response topic we can publish to: no wildcard, no empty or NUL-bearing name."""
+    if not topic or any(c in topic for c in "+#\0"):
+        return None
+    return topic
+
+
+def sendable_result(result: ConfigResult | bool, error: str | None = None) -> ConfigResult:
+    """The answer to a ``config/set`` as it can go out: the older ``(ok, error)`` pair made
+    a :class:`ConfigResult`, and an error that echoes what UTF-8 cannot encode escaped."""
+    if isinstance(result, bool):
+        result = ConfigResult.now(result, error)
+    if result.error is not None:
+        clean = result.error.encode("utf-8", "backslashreplace").decode("utf-8")
+        result = ConfigResult(result.ok, clean, result.ts, result.id, result.schema)
+    return result
 
 
 @dataclass(frozen=True)
