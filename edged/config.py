@@ -319,6 +319,9 @@ class PipelineSettings(_Section):
     classifier: Annotated[str, _MODELS] = ""
     providers: Annotated[list[Provider], _MODELS] = Field(default_factory=_default_providers)
     tensorrt_fp16: Annotated[StrictBool, _MODELS] = True
+    #: ONNX Runtime CPU threads per model session. 0 = edged's choice for the machine
+    #: (:func:`edged.models.providers.default_threads`: 1 on 1-2 cores, else cores - 1 up
+    #: to 4, measured in README "Threads"); inter-op threads are always 1, spinning off.
     intra_op_threads: Annotated[StrictInt, _MODELS] = Field(default=0, ge=0, le=256)
     det_size: Annotated[StrictInt, _MODELS] = Field(default=640, ge=128, le=2048)
     #: A frame smaller than det_size is enlarged at most this much (1 = never): enlarged
