@@ -319,6 +319,9 @@ class PipelineSettings(_Section):
     classifier: Annotated[str, _MODELS] = ""
     providers: Annotated[list[Provider], _MODELS] = Field(default_factory=_default_providers)
     tensorrt_fp16: Annotated[StrictBool, _MODELS] = True
+    #: ONNX Runtime CPU threads per model session. 0 = edged's choice for the machine
+    #: (:func:`edged.models.providers.default_threads`: 1 on 1-2 cores, else cores - 1 up
+    #: to 4, measured in README "Threads"); inter-op threads are always 1, spinning off.
     intra_op_threads: Annotated[StrictInt, _MODELS] = Field(default=0, ge=0, le=256)
     det_size: Annotated[StrictInt, _MODELS] = Field(default=640, ge=128, le=2048)
     #: A frame smaller than det_size is enlarged at most this much (1 = never): enlarged
@@ -342,14 +345,17 @@ class PipelineSettings(_Section):
     #: A tracked face whose emotion is settled is classified again only this often
     #: (seconds); between, its last probabilities stand and smoothing gets no new evidence.
     #: New faces, grown/moved boxes and unsettled emotions are classified every frame.
-    #: 0 = every face on every frame.
-    reclassify_interval_s: FiniteFloat = Field(default=1.0, ge=0, le=3600)
+    #: 0 = every face on every frame. 0.5 chosen by tools/bench_video.py on the lite phase
+    #: (scrfd_500m + edged_fer): 100 % event agreement with every-frame at 0.65
+    #: classifications/frame instead of 1.74; 1.0 missed one event in eight (87.5 %).
+    reclassify_interval_s: FiniteFloat = Field(default=0.5, ge=0, le=3600)
     #: A face is classified again when its box changed by more than this since its last
     #: classification, as 1 - IoU (0.3: grew ~1.4x or moved ~1/4 of its width). 0 = always.
     reclassify_box_change: FiniteFloat = Field(default=0.3, ge=0, le=1)
     #: Detect faces on every N-th frame of a camera and carry the boxes in between with a
     #: constant-velocity prediction (0 or 1 = every frame). A face missed by a detection
-    #: still only leaves after ``[smoothing] track_timeout_s``.
+    #: still only leaves after ``[smoothing] track_timeout_s``. 1 by measurement: on the
+    #: lite phase 2 and 3 ran 2-3x faster but agreed on 87.5 % of events (< 95 %; README).
     detect_interval: StrictInt = Field(default=1, ge=0, le=300)
 
     @field_validator("providers")

@@ -250,7 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--repeat", type=int, default=5, help="measured rounds per case")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = ORT's)")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = edged's choice)")
     p.add_argument("--providers", default="cpu", help="comma list, e.g. cuda,cpu")
     p.add_argument("--crop", choices=["model", "box", "align"], default="model")
     p.add_argument("--max-faces", type=int, default=1024)
@@ -295,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {k}: {v}")
         print(
             f"  models: {pipe.models}  providers: {pipe.providers}  crop: {args.crop}  "
-            f"max_batch: {args.max_batch}  threads: {args.threads or 'ORT default'}  "
+            f"max_batch: {args.max_batch}  threads: detector {factory.threads('detector')}, "
+            f"classifier {factory.threads('emotion')}  "
             f"repeat: {args.repeat} (+{args.warmup} warm-up)"
         )
         report: dict[str, Any] = {"machine": info, "models": pipe.models, "cases": {}}

@@ -196,10 +196,10 @@ def run_edged(
         for c, res in enumerate(out):
             classified += res.classified
             detected += res.detected
-            events[c] += [(ts, e["type"], e["emotion"], e["track_id"]) for e in res.events]
+            events[c] += [(ts, e.type, e.emotion, e.track_id) for e in res.events]
     end = len(frames) / fps
     for c, p in enumerate(procs):
-        events[c] += [(end, e["type"], e["emotion"], e["track_id"]) for e in p.tracker.flush(end)]
+        events[c] += [(end, e.type, e.emotion, e.track_id) for e in p.tracker.flush(end)]
     wall = time.perf_counter() - t0
     total = len(frames) * cameras
     return Run(total / wall, classified / total, detected / total, events)

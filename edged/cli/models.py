@@ -139,3 +139,44 @@ def models_import(
 
 # Commands that transform installed models (e.g. quantisation) register below this line,
 # each as a thin command over a function of the models package.
+
+
+@app.command("quantize")
+def models_quantize(
+    name: Annotated[str, typer.Argument(help="Catalogue name of a single-file model.")],
+    data: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Emotion models: FER2013-layout npz of real faces to calibrate on."),
+    ] = None,
+    images: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Detectors: a folder of real photos or frames to calibrate on."),
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Emotion models: calibration faces.")] = 512,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Write NAME_int8.onnx here (default: the int8 entry's location)."),
+    ] = None,
+    models_dir: ModelsDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write NAME_int8.onnx (static int8 QDQ, calibrated on real data) and its sidecar.
+
+    The catalogue knows the result as NAME_int8: set it as [pipeline] detector/classifier.
+    A shipped model's int8 variant ships too, so quantizing one needs --out.
+    """
+    from edged.cli.quantize import models_quantize as impl
+
+    setup_logging()
+    settings = load(config)
+    with errors():
+        code = impl(
+            settings,
+            name=name,
+            data=data,
+            images=images,
+            samples=samples,
+            out=out,
+            models_dir=models_dir_of(settings, models_dir),
+        )
+    exit_with(not code)

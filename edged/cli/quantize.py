@@ -1,14 +1,8 @@
-"""``edged models quantize NAME``: the command's logic, for the CLI app to register.
+"""``edged models quantize NAME``: the command's logic, registered by :mod:`edged.cli.models`.
 
-Kept out of :mod:`edged.cli.admin` so the command is one small function the app wires up::
-
-    @models_app.command("quantize")
-    def models_quantize(name, data=None, images=None, samples=512, out=None, ...):
-        _delegate(impl, settings, name=name, data=data, images=images, samples=samples,
-                  out=out, models_dir=models_dir)
-
-Like the admin commands it never exits: it returns an exit code or raises
-:class:`~edged.errors.EdgedError`.
+Kept apart so the typer command stays a thin wrapper (options in, exit code out) and this
+part (which calibration input a model needs, where the file may go) reads on its own.
+It never exits: it returns an exit code or raises :class:`~edged.errors.EdgedError`.
 """
 
 from __future__ import annotations
@@ -17,9 +11,9 @@ from pathlib import Path
 
 from edged.config import Settings
 from edged.errors import ModelError
-from edged.models.catalog import CATALOG
+from edged.models.catalog import CATALOG, int8_name
 from edged.models.loader import session_factory
-from edged.models.quantize import quantize_model
+from edged.models.quantize import output_path, quantize_model
 
 
 def models_quantize(
@@ -35,7 +29,9 @@ def models_quantize(
     """Quantize ``name`` and print where ``NAME_int8.onnx`` and its sidecar went.
 
     Emotion models calibrate on ``data`` (a FER2013-layout npz of real faces), detectors on
-    the photos in ``images``; the one the model's kind needs is required.
+    the photos in ``images``; the one the model's kind needs is required. A shipped int8
+    variant (``edged_fer_int8``) lives inside the installed package, so making one again
+    needs ``out``: the command never overwrites a file edged ships.
     """
     spec = CATALOG.get(name)
     if spec is None:
@@ -44,9 +40,16 @@ def models_quantize(
         raise ModelError(f"{name} is an emotion model: give --data FER2013.npz (real faces)")
     if spec.kind == "detector" and images is None:
         raise ModelError(f"{name} is a detector: give --images DIR (real photos or frames)")
+    mdir = models_dir if models_dir is not None else settings.models.dir
+    int8 = CATALOG.get(int8_name(name))
+    if int8 is not None and int8.shipped and out is None:
+        raise ModelError(
+            f"{int8.name} ships with edged ({output_path(spec, mdir)}); give --out DIR "
+            "to make another"
+        )
     result = quantize_model(
         name,
-        models_dir if models_dir is not None else settings.models.dir,
+        mdir,
         fer_npz=data if data is not None else Path(),
         image_dir=images if images is not None else Path(),
         out_dir=out,

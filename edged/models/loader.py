@@ -186,7 +186,7 @@ def open_sessions(
     sessions: list[ort.InferenceSession] = []
     providers: list[str] = []
     for i, path in enumerate(paths):
-        session, provider = factory.create(path)
+        session, provider = factory.create(path, spec.kind)
         validate_session(spec, i, path, session)
         sessions.append(session)
         providers.append(provider)

@@ -10,6 +10,7 @@ assumed, and is reported per model in the log, the heartbeat and ``/health``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 
 from edged.errors import ModelError, ProviderError
+from edged.models.catalog import ModelKind
 
 try:
     import onnxruntime as ort
@@ -35,6 +37,37 @@ ORT_NAMES: dict[str, str] = {
 }
 SHORT_NAMES: dict[str, str] = {v: k for k, v in ORT_NAMES.items()}
 
+#: Most intra-op threads a session gets by default. The detector (one 640x640 image) and
+#: the classifier (a handful of small crops) stop scaling past ~4 threads on ONNX Runtime's
+#: CPU kernels while every extra thread still costs a wake-up per op.
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads(cpu_count: int | None, kind: ModelKind) -> int:
+    """Intra-op threads for a ``kind`` model on a machine with ``cpu_count`` cores (0 = auto).
+
+    The daemon runs its models one after the other in a single inference thread (detector,
+    then the classifier on the faces due), so the two sessions never compete with each
+    other; they compete with frame decoding (one capture thread per camera) and the event
+    loop (MQTT, /health). Hence:
+
+    * 1-2 cores: 1 thread each. On a loaded 2-vCPU VM a second thread won nothing
+      consistent for YuNet + edged_fer (fp32 or int8): the one-face frame was equal
+      within 1 ms, the 173-face crowd 12 % slower in fp32 and 20 % faster in int8, each
+      inside the round-to-round spread (tools/bench.py, README "Doing less work per
+      frame"), and the core it would take is the one frame decoding needs.
+    * 3+ cores: all cores but one (left to capture and the loop), at most
+      :data:`MAX_DEFAULT_THREADS`.
+
+    Detector and classifier get the same number today; ``kind`` keeps the decision per
+    model in this one place should a measurement ever separate them.
+    """
+    del kind  # same rule for both kinds (see above)
+    cores = max(cpu_count or 1, 1)
+    if cores <= 2:
+        return 1
+    return min(cores - 1, MAX_DEFAULT_THREADS)
+
 
 @dataclass
 class SessionFactory:
@@ -42,6 +75,8 @@ class SessionFactory:
 
     ``trt_cache_dir`` keeps TensorRT engines between starts (building one takes minutes on
     a Jetson); ``trt_fp16`` enables half precision where the GPU supports it.
+    ``intra_op_threads`` 0 lets :func:`default_threads` choose per model for this machine;
+    ``cpu_count`` is the machine's (``os.cpu_count()`` unless given).
     """
 
     providers: list[str] = field(default_factory=lambda: ["tensorrt", "cuda", "cpu"])
@@ -49,11 +84,30 @@ class SessionFactory:
     trt_fp16: bool = True
     intra_op_threads: int = 0
     device_id: int = 0
+    cpu_count: int | None = field(default_factory=os.cpu_count)
+
+    def threads(self, kind: ModelKind) -> int:
+        """The intra-op threads a ``kind`` session gets: the config's, else the machine's."""
+        return self.intra_op_threads or default_threads(self.cpu_count, kind)
 
     def available(self) -> list[str]:
         """Short names of the requested providers compiled into this onnxruntime."""
         compiled = set(ort.get_available_providers())
         return [p for p in self.providers if ORT_NAMES[p] in compiled]
+
+    def _session_options(self, kind: ModelKind) -> ort.SessionOptions:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = self.threads(kind)
+        # Sequential execution (ORT's default): inter-op threads would only run independent
+        # branches in parallel, and these models are chains.
+        so.inter_op_num_threads = 1
+        # No busy-waiting between ops: on a Jetson or a small PC the cores are shared with
+        # capture and MQTT, and spinning threads cost more than they save (measured with
+        # tools/bench.py on 2 cores: one-face frame 171 ms -> 70-96 ms).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return so
 
     def _options(self, name: str) -> dict[str, Any]:
         if name == "tensorrt":
@@ -71,8 +125,10 @@ class SessionFactory:
             return {"device_id": self.device_id}
         return {}
 
-    def create(self, path: Path) -> tuple[ort.InferenceSession, str]:
+    def create(self, path: Path, kind: ModelKind = "detector") -> tuple[ort.InferenceSession, str]:
         """A session for ``path`` on the first provider that works, and that provider's name.
+
+        ``kind`` picks the thread count (:meth:`threads`).
 
         Raises ModelError when the file itself cannot be loaded (missing, truncated, not
         ONNX): that is the model's fault, not the provider's, and no other provider would
@@ -81,14 +137,7 @@ class SessionFactory:
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         compiled = set(ort.get_available_providers())
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        # No busy-waiting between ops: on a Jetson or a small PC the cores are shared with
-        # capture and MQTT, and spinning threads cost more than they save (measured with
-        # tools/bench.py on 2 cores: one-face frame 171 ms -> 70-96 ms).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if self.intra_op_threads:
-            so.intra_op_num_threads = self.intra_op_threads
+        so = self._session_options(kind)
         reasons: list[str] = []
         for name in self.providers:
             ort_name = ORT_NAMES[name]

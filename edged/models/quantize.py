@@ -2,10 +2,11 @@
 
 ``edged models quantize NAME`` writes ``NAME_int8.onnx`` beside the model's file (same
 sub-directory of the models directory; a shipped model's into ``--out``) and a sidecar
-``NAME_int8.json`` saying what it was made from: source file and hash, calibration data,
-sample count, method and the onnxruntime version. The catalogue knows every single-file
-model's int8 variant as ``NAME_int8`` (:func:`edged.models.catalog.int8_variant`), with the
-source's labels, preprocessing and crops, so ``[pipeline] classifier = "edged_fer_int8"``
+``NAME_int8.json`` saying what it was made from: source file and hash, calibration data
+(its file or folder name only: the sidecar ships, the maker's paths do not), sample count,
+method and the onnxruntime version. The catalogue knows every single-file model's int8
+variant as ``NAME_int8`` (:func:`edged.models.catalog.int8_variant`), with the source's
+labels, preprocessing and crops, so ``[pipeline] classifier = "edged_fer_int8"``
 just works once the file is there.
 
 Calibration uses **real** inputs pushed through the model's own preprocessing (the same
@@ -151,10 +152,10 @@ def quantize_model(
         classifier = load_classifier(spec, models_dir, factory)
         if not isinstance(classifier, OnnxClassifier):
             raise ModelError(f"{name}: not a single ONNX classifier")
-        feeds, calibration = emotion_feeds(classifier, input_name, fer_npz, samples), str(fer_npz)
+        feeds, calibration = emotion_feeds(classifier, input_name, fer_npz, samples), fer_npz.name
     else:
         detector = load_detector(spec, models_dir, factory, PipelineSettings())
-        feeds, calibration = detector_feeds(detector, input_name, image_dir), str(image_dir)
+        feeds, calibration = detector_feeds(detector, input_name, image_dir), f"{image_dir.name}/"
     out = output_path(spec, models_dir, out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
