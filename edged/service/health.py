@@ -17,7 +17,8 @@ missing one reads as empty/zero::
                  "frames_in": 1234, "frames_processed": 250,    # monotonic counts
                  "dropped_frames": 984, "reconnects": 0, "last_error": None},
       },
-      "mqtt": {"connected": True, "events_published": 17},
+      "mqtt": {"connected": True, "events_published": 17,    # PublisherStatus.to_json()
+               "events_rejected": 0, "reconnects": 2, "spool_expired": 0},
       "spool": {"pending": 0, "dropped": 0},
     }
 
@@ -34,8 +35,21 @@ one, so two daemons in one test process do not collide). Counts that another com
 already keeps monotonically (frames per camera, events published, spool drops) are read
 from the snapshot at scrape time by a custom collector instead of being mirrored into
 Counter objects: one source of truth, no increments to forget, and a value that cannot
-drift from the heartbeat's. Only the inference latency histogram is fed directly
-(:meth:`Metrics.observe_inference`), because a distribution cannot be rebuilt from a count.
+drift from the heartbeat's. Fed directly are only what no snapshot holds: the inference
+latency histogram (:meth:`Metrics.observe_inference`), because a distribution cannot be
+rebuilt from a count, and the config changes by source and outcome
+(:meth:`Metrics.config_change`, counted by :class:`edged.service.reload.Reloader` where the
+outcome is known). The registry also carries prometheus_client's process collector
+(``process_*``: RSS, CPU seconds, open and maximum descriptors, start time; Linux only, it
+reads ``/proc``) and platform collector (``python_info``), which the global registry would
+have had and a private one does not get by itself.
+
+MQTT figures: ``edged_mqtt_reconnects_total`` counts connections after the first one (the
+link's own count); ``edged_mqtt_events_rejected_total`` counts events the broker refused
+with a failure reason code in its PUBACK (MQTT 5 only; e.g. not authorised, quota, payload
+format): they are removed from the spool and not retried, so they are neither published nor
+pending. ``edged_spool_expired_total`` counts events dropped for being older than
+``[privacy] spool_max_age_s``; they are also in ``edged_spool_dropped_total``.
 """
 
 from __future__ import annotations
@@ -50,7 +64,15 @@ from typing import Any, Literal
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,6 +89,11 @@ HEALTH_SCHEMA = 1
 Snapshot = HealthSnapshot | Mapping[str, Any]
 SnapshotFn = Callable[[], Snapshot]
 Status = Literal["ok", "degraded", "failing"]
+#: Where a config change came from, and what became of it (``edged_config_changes_total``).
+ChangeSource = Literal["mqtt", "sighup"]
+ChangeResult = Literal["applied", "refused"]
+CHANGE_SOURCES: tuple[ChangeSource, ...] = ("mqtt", "sighup")
+CHANGE_RESULTS: tuple[ChangeResult, ...] = ("applied", "refused")
 
 #: Inference latencies on a Jetson/PC range from ~1 ms (YuNet) to seconds (a cold TensorRT
 #: engine); these buckets resolve both ends.
@@ -262,8 +289,23 @@ def _daemon_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "edged_spool_dropped",
-        "Events dropped from the full spool (oldest first).",
+        "Events dropped from the spool: full (oldest first) or expired.",
         value=_num(spool.get("dropped")),
+    )
+    yield CounterMetricFamily(
+        "edged_spool_expired",
+        "Events dropped from the spool for being older than [privacy] spool_max_age_s.",
+        value=_num(mqtt.get("spool_expired")),
+    )
+    yield CounterMetricFamily(
+        "edged_mqtt_reconnects",
+        "Connections to the MQTT broker after the first one.",
+        value=_num(mqtt.get("reconnects")),
+    )
+    yield CounterMetricFamily(
+        "edged_mqtt_events_rejected",
+        "Events the broker refused in its PUBACK (MQTT 5 reason code); not retried.",
+        value=_num(mqtt.get("events_rejected")),
     )
     yield GaugeMetricFamily(
         "edged_uptime_seconds",
@@ -286,9 +328,10 @@ def _daemon_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
 class Metrics:
     """The Prometheus registry of one daemon.
 
-    ``observe_inference`` is thread-safe (called from the inference worker). Everything else
-    comes from the snapshot attached with :meth:`attach` (the :class:`HealthServer` attaches
-    its own when none is).
+    ``observe_inference`` is thread-safe (called from the inference worker), and
+    ``config_change`` is called by the reloader. Everything else comes from the snapshot
+    attached with :meth:`attach` (the :class:`HealthServer` attaches its own when none is)
+    and from the process and platform collectors.
     """
 
     def __init__(self, stale_after_s: float = 10.0) -> None:
@@ -302,6 +345,17 @@ class Metrics:
             buckets=INFERENCE_BUCKETS,
             registry=self.registry,
         )
+        self.config_changes = Counter(
+            "edged_config_changes",
+            "Config changes by source (mqtt: config/set, sighup: the config file) and outcome.",
+            labelnames=("source", "result"),
+            registry=self.registry,
+        )
+        for source in CHANGE_SOURCES:  # every series exists from the start, at 0
+            for result in CHANGE_RESULTS:
+                self.config_changes.labels(source=source, result=result)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.registry.register(_SnapshotCollector(self))
 
     def attach(self, snapshot: SnapshotFn, stale_after_s: float | None = None) -> None:
@@ -313,6 +367,10 @@ class Metrics:
     def observe_inference(self, model: str, stage: str, seconds: float) -> None:
         """Record one inference call (``stage`` e.g. ``detect``, ``classify``)."""
         self.inference_seconds.labels(model=model, stage=stage).observe(seconds)
+
+    def config_change(self, source: ChangeSource, result: ChangeResult) -> None:
+        """Count one config change from ``source`` that was applied or refused."""
+        self.config_changes.labels(source=source, result=result).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything."""

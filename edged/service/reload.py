@@ -140,16 +140,23 @@ class Reloader:
         self._lock = lock
 
     async def reload_from_file(self) -> None:
-        """SIGHUP: re-read the config file; an invalid one keeps the running config."""
+        """SIGHUP: re-read the config file; an invalid one keeps the running config.
+
+        Every outcome is counted in ``edged_config_changes_total{source="sighup"}``: a
+        file that does not load, validate or apply (a bug included) as ``refused``."""
         d = self._daemon
         d.notifier.reloading()
         try:
             new, _ = await in_thread(load_settings, d.config_path)
             await d.apply(new, source="sighup")
         except EdgedError as exc:
+            d.metrics.config_change("sighup", "refused")
             log.error("config_reload_rejected", source="sighup", reason=sources.redact(str(exc)))
         except Exception as exc:  # a bug; the running config stays, the daemon too
+            d.metrics.config_change("sighup", "refused")
             log.exception("config_reload_failed", source="sighup", error=sources.redact(repr(exc)))
+        else:
+            d.metrics.config_change("sighup", "applied")
         finally:
             d.notifier.ready(status=d.status.line())
 
@@ -159,12 +166,15 @@ class Reloader:
         Ignored (logged, not answered) while ``[mqtt] remote_config`` is off, as the
         contract says; refused with an answer while the daemon is still starting (the
         subscription exists once MQTT connects, which can be minutes before READY).
+        Every answered request is counted in ``edged_config_changes_total{source="mqtt"}``
+        as ``applied`` or ``refused``; an ignored one is not a change and is not counted.
         """
         d = self._daemon
         if not d.settings.mqtt.remote_config:
             log.info("config_set_ignored", reason="remote_config is off")
             return
         if not d.started:
+            d.metrics.config_change("mqtt", "refused")
             log.info("config_set_refused", reason="starting")
             self._answer_config_set(
                 request, False, "edged is starting; send the change once it is ready"
@@ -177,10 +187,12 @@ class Reloader:
             await d.apply(new, source="mqtt")
         except EdgedError as exc:
             reason = sources.redact(str(exc))
+            d.metrics.config_change("mqtt", "refused")
             log.warning("config_reload_rejected", source="mqtt", reason=reason)
             self._answer_config_set(request, False, reason)
             return
         except Exception as exc:  # a bug: the sender still gets an answer, the log the trace
+            d.metrics.config_change("mqtt", "refused")
             log.exception("config_reload_failed", source="mqtt", error=sources.redact(repr(exc)))
             self._answer_config_set(
                 request,
@@ -188,6 +200,7 @@ class Reloader:
                 f"internal error ({type(exc).__name__}); nothing changed, see the log",
             )
             return
+        d.metrics.config_change("mqtt", "applied")
         self._answer_config_set(request, True, None)
 
     def _answer_config_set(self, request: ConfigRequest, ok: bool, error: str | None) -> None:

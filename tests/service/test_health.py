@@ -34,7 +34,13 @@ def healthy() -> dict[str, Any]:
         "uptime_s": 42.0,
         "models": {"scrfd_10g": "cpu", "enet_b2_7": "cpu"},
         "cameras": {"door": dict(cam), "hall": {**cam, "faces": 2, "frames_in": 7}},
-        "mqtt": {"connected": True, "events_published": 17},
+        "mqtt": {
+            "connected": True,
+            "events_published": 17,
+            "events_rejected": 2,
+            "reconnects": 5,
+            "spool_expired": 4,
+        },
         "spool": {"pending": 3, "dropped": 1},
     }
 
@@ -183,6 +189,78 @@ async def test_metrics_parse_as_prometheus_text_with_labelled_families(served: A
     assert (
         value("edged_inference_seconds_bucket", model="scrfd_10g", stage="detect", le="0.01") == 0
     )
+
+
+def scrape_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page: (name, sorted labels) → value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+async def test_mqtt_reconnects_rejected_events_and_spool_expiry_are_counters_of_the_snapshot(
+    served: Any,
+) -> None:
+    state, _, session = served
+    async with session.get("/metrics") as resp:
+        text = await resp.text()
+    types = {fam.name: fam.type for fam in text_string_to_metric_families(text)}
+    values = scrape_values(text)
+    for family, value in (
+        ("edged_mqtt_reconnects", 5),
+        ("edged_mqtt_events_rejected", 2),
+        ("edged_spool_expired", 4),
+    ):
+        assert types[family] == "counter", family
+        assert values[(f"{family}_total", ())] == value, family
+    # They follow the publisher's figures, and a snapshot without them reads as zero.
+    state.snap["mqtt"].update(reconnects=6)
+    del state.snap["mqtt"]["events_rejected"]
+    async with session.get("/metrics") as resp:
+        values = scrape_values(await resp.text())
+    assert values[("edged_mqtt_reconnects_total", ())] == 6
+    assert values[("edged_mqtt_events_rejected_total", ())] == 0
+
+
+async def test_metrics_carry_the_process_and_platform_collectors_on_the_private_registry(
+    served: Any,
+) -> None:
+    import time
+
+    _, _, session = served
+    async with session.get("/metrics") as resp:
+        values = scrape_values(await resp.text())
+    rss = values[("process_resident_memory_bytes", ())]
+    assert rss > 10 * 2**20  # this test process: python, numpy, aiohttp loaded
+    assert values[("process_cpu_seconds_total", ())] > 0
+    assert 3 <= values[("process_open_fds", ())] <= values[("process_max_fds", ())]
+    started = values[("process_start_time_seconds", ())]
+    assert time.time() - 24 * 3600 < started <= time.time()
+    info = [labels for name, labels in values if name == "python_info"]
+    assert info and dict(info[0])["implementation"] == "CPython"
+
+
+async def test_config_changes_start_at_zero_for_every_source_and_result_and_count_each(
+    served: Any,
+) -> None:
+    _, server, session = served
+    server.metrics.config_change("mqtt", "refused")
+    server.metrics.config_change("mqtt", "refused")
+    server.metrics.config_change("sighup", "applied")
+    async with session.get("/metrics") as resp:
+        text = await resp.text()
+    types = {fam.name: fam.type for fam in text_string_to_metric_families(text)}
+    assert types["edged_config_changes"] == "counter"
+    values = scrape_values(text)
+
+    def changes(source: str, result: str) -> float:
+        return values[("edged_config_changes_total", (("result", result), ("source", source)))]
+
+    assert changes("mqtt", "refused") == 2
+    assert changes("sighup", "applied") == 1
+    assert changes("mqtt", "applied") == 0 and changes("sighup", "refused") == 0
 
 
 async def test_metrics_follow_the_snapshot_at_every_scrape(served: Any) -> None:
