@@ -103,6 +103,9 @@ class _Track:
     emotion: str | None = None
     emotion_since: float = 0.0
     confidence: float = 0.0
+    #: Top label of the newest fresh scores (not smoothed): when it disagrees with the
+    #: established emotion, the track needs fresh evidence on every frame until it settles.
+    latest_top: str | None = None
 
 
 def iso_utc(wall_ts: float) -> str:
@@ -244,13 +247,18 @@ class Tracker:
         """True while a live track's emotion is not established or a change is pending.
 
         Pending: the smoothed top label is another than the established emotion (its dwell
-        is running, or its confidence is short). Such a track needs fresh evidence on every
+        is running, or its confidence is short), or the newest classification's own top
+        label is (one frame moves the smoothed vector only by ``alpha``, so without this a
+        changed face would wait a whole reclassify interval per step of smoothing). Such a
+        track needs fresh evidence on every
         frame; a settled one can reuse its last classification (see
         :mod:`edged.runtime.scheduling`). An unknown id counts as unsettled.
         """
         track = self._tracks.get(track_id)
         if track is None or track.emotion is None:
             return True
+        if track.latest_top is not None and track.latest_top != track.emotion:
+            return True  # the newest classification disagrees: one frame is not a change
         return track.candidate is not None and track.candidate != track.emotion
 
     def update(
@@ -367,6 +375,7 @@ class Tracker:
         vec = self._vector(scores)
         if vec is None:
             return None
+        track.latest_top = self.labels[int(np.argmax(vec))]
         s = self._settings
         if not s.enabled:
             track.smoothed = vec

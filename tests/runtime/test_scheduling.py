@@ -110,3 +110,16 @@ def test_forgotten_tracks_reuse_nothing() -> None:
     sched.classified(1, BOX, 0.0, np.array([1.0], np.float32))
     sched.retain([2])
     assert sched.last_probs(1) is None
+
+
+def test_one_disagreeing_classification_keeps_the_track_classified_every_frame() -> None:
+    """A face whose expression changed while it was settled is seen at the next interval;
+    one frame moves the smoothed vector only by alpha, so the smoothed top label is still
+    the old one. The track must stay unsettled on the newest evidence alone, or the change
+    would wait another whole interval per frame of evidence (seen as a late ``changed``)."""
+    tracker, sched, tid = settled_track(interval=1.0)
+    tracker.update([F(BOX, SAD)], 2.0, 0.0)  # the interval's re-classification: now sad
+    assert tracker.unsettled(tid)
+    assert sched.due(tid, BOX, 2.1, tracker.unsettled(tid))
+    tracker.update([F(BOX, HAPPY)], 2.1, 0.0)  # back to what is established: settled
+    assert not tracker.unsettled(tid)
