@@ -4,8 +4,10 @@ The daemon's per-camera path without MQTT and without asyncio, so the daemon and
 ``tools/bench_video.py`` run exactly the same code. For each frame of a camera
 (:class:`CameraFrame`: image + monotonic and wall time) a :class:`CameraProcessor`
 
-1. **detects** faces, or on frames between detections (``[pipeline] detect_interval``)
-   carries each track detected last time forward with a constant-velocity prediction of
+1. **detects** faces on every N-th frame (``[pipeline] detect_interval``), and on every
+   frame while one of the camera's tracks is unsettled (new, or a change pending: it
+   needs fresh evidence on every frame, or its event comes late); on the frames between,
+   it carries each track detected last time forward with a constant-velocity prediction of
    its box (and landmarks shifted with it). Only tracks seen by the latest detection are
    carried; one the detector missed is not predicted and leaves after
    ``[smoothing] track_timeout_s`` like any unseen track, never earlier;
@@ -111,7 +113,8 @@ class CameraProcessor:
         self.tracker = tracker
         self.schedule = ClassifySchedule(settings)
         self.detect_interval = max(settings.detect_interval, 1)
-        self._frames = 0
+        #: Frames since the last detection (the first frame is always detected).
+        self._since_detect = self.detect_interval
         self._motion: dict[int, _Motion] = {}
 
     def configure(self, settings: PipelineSettings) -> None:
@@ -126,8 +129,13 @@ class CameraProcessor:
     # -- steps, driven by process_batch ---------------------------------------------------
 
     def plan(self, pipeline: Pipeline, frame: CameraFrame) -> _Plan:
-        detect = self._frames % self.detect_interval == 0
-        self._frames += 1
+        # Skip detection only while every track is settled: a new face or a pending change
+        # needs fresh evidence on every frame, or its event comes late (each skipped frame
+        # is a frame without classification, so the smoothing needs N times as long).
+        detect = self._since_detect + 1 >= self.detect_interval or any(
+            self.tracker.unsettled(tid) for tid in self.tracker.track_ids
+        )
+        self._since_detect = 0 if detect else self._since_detect + 1
         t = time.perf_counter()
         det = pipeline.detect([frame.image])[0][0] if detect else self._predict(frame.ts)
         detect_s = time.perf_counter() - t if detect else 0.0

@@ -65,7 +65,13 @@ def test_a_detection_interval_keeps_the_track_id_across_skipped_frames(
     pipe: Pipeline, moving_face: list[np.ndarray]
 ) -> None:
     _, ids, detected, _ = run(pipe, moving_face, PipelineSettings(detect_interval=4))
-    assert detected[:9] == [True, False, False, False, True, False, False, False, True]
+    # While the new track is unsettled (no emotion established yet) every frame is
+    # detected and classified; once it is settled, every 4th frame is.
+    first_skip = detected.index(False)
+    assert first_skip >= 1 and all(detected[:first_skip])
+    assert detected[first_skip - 1 : first_skip + 8] == [
+        True, False, False, False, True, False, False, False, True,
+    ]  # fmt: skip
     assert ids == [[1]] * len(moving_face)
 
 
