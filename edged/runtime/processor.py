@@ -4,17 +4,15 @@ The daemon's per-camera path without MQTT and without asyncio, so the daemon and
 ``tools/bench_video.py`` run exactly the same code. For each frame of a camera
 (:class:`CameraFrame`: image + monotonic and wall time) a :class:`CameraProcessor`
 
-1. **detects** faces on every N-th frame (``[pipeline] detect_interval``), and on every
-   frame while one of the camera's tracks is unsettled (new, or a change pending: it
-   needs fresh evidence on every frame, or its event comes late); on the frames between,
-   it carries each track detected last time forward with a constant-velocity prediction of
+1. **detects** faces on every N-th frame (``[pipeline] detect_interval``); on the frames
+   between, it carries each track detected last time forward with a constant-velocity prediction of
    its box (and landmarks shifted with it). Only tracks seen by the latest detection are
    carried; one the detector missed is not predicted and leaves after
    ``[smoothing] track_timeout_s`` like any unseen track, never earlier;
 2. **matches** the boxes to the tracker's tracks (:meth:`Tracker.match`, no state change),
    so the schedule can decide per track *before* anything is classified;
 3. asks the :class:`~edged.runtime.scheduling.ClassifySchedule` which faces are due
-   (never on a predicted frame: there are no fresh landmarks to crop by);
+   (on predicted frames too, cropped by the carried box and landmarks);
 4. classifies only those, in **one** batched call across all cameras of a batch
    (:func:`process_batch`);
 5. feeds the tracker (fresh scores for classified faces, none for reused ones; see the
@@ -129,19 +127,17 @@ class CameraProcessor:
     # -- steps, driven by process_batch ---------------------------------------------------
 
     def plan(self, pipeline: Pipeline, frame: CameraFrame) -> _Plan:
-        # Skip detection only while every track is settled: a new face or a pending change
-        # needs fresh evidence on every frame, or its event comes late (each skipped frame
-        # is a frame without classification, so the smoothing needs N times as long).
-        detect = self._since_detect + 1 >= self.detect_interval or any(
-            self.tracker.unsettled(tid) for tid in self.tracker.track_ids
-        )
+        detect = self._since_detect + 1 >= self.detect_interval
         self._since_detect = 0 if detect else self._since_detect + 1
         t = time.perf_counter()
         det = pipeline.detect([frame.image])[0][0] if detect else self._predict(frame.ts)
         detect_s = time.perf_counter() - t if detect else 0.0
         ids = self.tracker.match(det.boxes.tolist(), frame.ts)
         due: list[int] = []
-        if detect and pipeline.classifier is not None:
+        # Due faces are classified on predicted frames too (cropped by the carried box and
+        # landmarks): a new face or a pending change needs evidence on every frame, or its
+        # event comes late; a skipped detection must not mean a skipped classification.
+        if pipeline.classifier is not None:
             boxes = det.boxes.tolist()
             due = [
                 i
