@@ -354,9 +354,11 @@ class PipelineSettings(_Section):
     reclassify_box_change: FiniteFloat = Field(default=0.3, ge=0, le=1)
     #: Detect faces on every N-th frame of a camera and carry the boxes in between with a
     #: constant-velocity prediction (0 or 1 = every frame). A face missed by a detection
-    #: still only leaves after ``[smoothing] track_timeout_s``. 1 by measurement: on the
-    #: lite phase 2 and 3 ran 2-3x faster but agreed on 87.5 % of events (< 95 %; README).
-    detect_interval: StrictInt = Field(default=1, ge=0, le=300)
+    #: still only leaves after ``[smoothing] track_timeout_s``; faces due for
+    #: classification are classified on the carried frames too. 5 by measurement
+    #: (tools/bench_video.py, lite phase, 10 fps: 5.1-5.5x the peer loop's frames/s with
+    #: every event of the every-frame run; README). Lower it for fast-moving faces or low fps.
+    detect_interval: StrictInt = Field(default=5, ge=0, le=300)
 
     @field_validator("providers")
     @classmethod
