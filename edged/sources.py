@@ -152,7 +152,12 @@ def _check_remote_url(source: str, shown: str) -> None:
 #: A URL's scheme and authority, also inside a GStreamer pipeline (``location=rtsp://...``).
 #: The authority ends where RFC 3986 (and FFmpeg's ``av_url_split``) end it, or at a space
 #: or quote, which cannot be part of it in a pipeline string.
-_URL_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s\"']*)")
+_URL_AUTHORITY = re.compile(
+    # The authority ends where another ``scheme://`` begins, so a URL glued to the end of
+    # another (``…/video0rtsp://user:pw@``) is matched, and redacted, on its own.
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)"
+    r"(?P<authority>(?:(?![A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s\"'])*)"
+)
 #: Query parameters that carry credentials on cheap IP cameras (``video.cgi?user=a&pwd=b``)
 #: and token-authenticated mirrors.
 _SECRET_QUERY = re.compile(

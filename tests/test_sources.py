@@ -172,3 +172,11 @@ def test_a_camera_that_cannot_open_a_url_reports_the_error_without_its_password(
         assert "cam-pw-8" not in error and "127.0.0.1" in error, error
     finally:
         cam.stop()
+
+
+def test_a_url_glued_to_the_end_of_another_is_redacted_too() -> None:
+    """Found by the fuzz test: the first URL's authority used to swallow the next scheme,
+    so the second URL's password was shown in the error message."""
+    text = "rtsp://admin:pw@/dev/video0rtsp://rtsp://admin:pw@"
+    assert "pw" not in sources.redact(text)
+    assert sources.redact("rtsp://a:b@c rtsp://d:e@f") == "rtsp://a:***@c rtsp://d:***@f"
