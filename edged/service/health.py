@@ -269,49 +269,35 @@ def _camera_families(
     yield up
 
 
+#: Daemon-wide figures of the snapshot: (family, name, help, section, key); the section is
+#: ``mqtt`` (the publisher's status), ``spool`` or ``""`` (the snapshot itself).
+_DAEMON_FIGURES: list[tuple[type[GaugeMetricFamily | CounterMetricFamily], str, str, str, str]] = [
+    (CounterMetricFamily, "edged_events_published", "Events the broker acknowledged.",
+     "mqtt", "events_published"),
+    (GaugeMetricFamily, "edged_mqtt_connected", "1 while connected to the MQTT broker.",
+     "mqtt", "connected"),
+    (GaugeMetricFamily, "edged_spool_pending", "Events waiting in the on-disk spool.",
+     "spool", "pending"),
+    (CounterMetricFamily, "edged_spool_dropped",
+     "Events dropped from the spool: full (oldest first) or expired.", "spool", "dropped"),
+    (CounterMetricFamily, "edged_spool_expired",
+     "Events dropped from the spool for being older than [privacy] spool_max_age_s.",
+     "mqtt", "spool_expired"),
+    (CounterMetricFamily, "edged_mqtt_reconnects",
+     "Connections to the MQTT broker after the first one.", "mqtt", "reconnects"),
+    (CounterMetricFamily, "edged_mqtt_events_rejected",
+     "Events the broker refused in its PUBACK (MQTT 5 reason code); not retried.",
+     "mqtt", "events_rejected"),
+    (GaugeMetricFamily, "edged_uptime_seconds", "Seconds since the daemon started.",
+     "", "uptime_s"),
+]  # fmt: skip
+
+
 def _daemon_families(snap: Mapping[str, Any]) -> Iterator[Metric]:
-    mqtt: Mapping[str, Any] = snap.get("mqtt") or {}
-    spool: Mapping[str, Any] = snap.get("spool") or {}
-    yield CounterMetricFamily(
-        "edged_events_published",
-        "Events the broker acknowledged.",
-        value=_num(mqtt.get("events_published")),
-    )
-    yield GaugeMetricFamily(
-        "edged_mqtt_connected",
-        "1 while connected to the MQTT broker.",
-        value=1.0 if mqtt.get("connected") else 0.0,
-    )
-    yield GaugeMetricFamily(
-        "edged_spool_pending",
-        "Events waiting in the on-disk spool.",
-        value=_num(spool.get("pending")),
-    )
-    yield CounterMetricFamily(
-        "edged_spool_dropped",
-        "Events dropped from the spool: full (oldest first) or expired.",
-        value=_num(spool.get("dropped")),
-    )
-    yield CounterMetricFamily(
-        "edged_spool_expired",
-        "Events dropped from the spool for being older than [privacy] spool_max_age_s.",
-        value=_num(mqtt.get("spool_expired")),
-    )
-    yield CounterMetricFamily(
-        "edged_mqtt_reconnects",
-        "Connections to the MQTT broker after the first one.",
-        value=_num(mqtt.get("reconnects")),
-    )
-    yield CounterMetricFamily(
-        "edged_mqtt_events_rejected",
-        "Events the broker refused in its PUBACK (MQTT 5 reason code); not retried.",
-        value=_num(mqtt.get("events_rejected")),
-    )
-    yield GaugeMetricFamily(
-        "edged_uptime_seconds",
-        "Seconds since the daemon started.",
-        value=_num(snap.get("uptime_s")),
-    )
+    for cls, name, doc, section, key in _DAEMON_FIGURES:
+        source: Mapping[str, Any] = (snap.get(section) or {}) if section else snap
+        value = source.get(key)
+        yield cls(name, doc, value=float(value) if isinstance(value, bool) else _num(value))
     info = GaugeMetricFamily("edged_info", "Version and model phase.", labels=["version", "phase"])
     info.add_metric([str(snap.get("version", "")), str(snap.get("phase", ""))], 1.0)
     yield info
