@@ -39,6 +39,7 @@ from edged_train.data import (
     CANONICAL,
     FER_CLASSES,
     Dataset,
+    joined,
     load_folder,
     load_npz,
     normalised,
@@ -47,7 +48,7 @@ from edged_train.data import (
 )
 from edged_train.export import choose_mode, export_onnx, onnx_accuracy
 from edged_train.loop import selection_metric
-from edged_train.model import build_model, load_checkpoint, load_trained
+from edged_train.model import build_model, ensemble, load_checkpoint, load_trained
 from edged_train.train import EmotionTrainer, Run, Split, logits_on, make_split
 
 
@@ -94,6 +95,23 @@ def load_data(run: Run) -> tuple[Dataset, TrainConfig]:
     return data, cfg
 
 
+def split_data(run: Run, data: Dataset) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """The stratified validation split of ``--data``; ``--extra-data`` is added to the
+    training side only (``--extra-repeat`` times), so validation stays the same FER2013
+    images whatever extras a run learns from and runs stay comparable."""
+    cfg = run.cfg
+    tr_idx, va_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+    if not cfg.extra_data:
+        return data, tr_idx, va_idx
+    extras = [load_npz(path, cfg.soft_targets) for path in cfg.extra_data]
+    data, extra_idx = joined(data, extras)
+    run.log(
+        f"extra training data {list(cfg.extra_data)}: {len(extra_idx)} images x "
+        f"{cfg.extra_repeat}, counts {np.bincount(data.labels[extra_idx], minlength=7).tolist()}"
+    )
+    return data, np.concatenate([tr_idx, *([extra_idx] * cfg.extra_repeat)]), va_idx
+
+
 def build_net(run: Run) -> tuple[Any, tuple[int, ...], TrainConfig, dict[str, str] | None]:
     """The network (random, or from ``--init-checkpoint``/``--export-from``, whose
     architecture wins over the command line's); the config with the LR etc. resolved."""
@@ -119,20 +137,21 @@ def build_net(run: Run) -> tuple[Any, tuple[int, ...], TrainConfig, dict[str, st
     return net, widths, cfg.resolved(**changes), init_meta
 
 
-def load_teacher(run: Run) -> tuple[Any | None, dict[str, str] | None]:
+def load_teacher(run: Run) -> tuple[Any | None, list[dict[str, str]] | None]:
     import torch
 
     cfg = run.cfg
     if not cfg.teacher or cfg.export_from:
         return None, None
-    teacher, _ = load_trained(cfg.teacher)
-    teacher = teacher.to(run.dev).to(memory_format=torch.channels_last)
+    nets = [load_trained(path)[0] for path in cfg.teacher]
+    teacher = ensemble(nets).to(run.dev).to(memory_format=torch.channels_last)
     for p_ in teacher.parameters():
         p_.requires_grad_(False)
     run.log(
-        f"distilling from {cfg.teacher} (weight {cfg.kd_weight}, temperature {cfg.kd_temperature})"
+        f"distilling from {list(cfg.teacher)} (mean logits of {len(nets)}; weight "
+        f"{cfg.kd_weight}, temperature {cfg.kd_temperature})"
     )
-    return teacher, {"path": str(cfg.teacher), "sha256": sha256_file(cfg.teacher)}
+    return teacher, [{"path": str(t), "sha256": sha256_file(t)} for t in cfg.teacher]
 
 
 def choose_and_save(run: Run, split: Split) -> tuple[Any, dict[str, Any], str, dict[str, float]]:
@@ -214,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = start(parse_args(argv, description=__doc__))
     data, run.cfg = load_data(run)
-    tr_idx, va_idx = stratified_split(data.labels, run.cfg.val_fraction, run.cfg.seed)
+    data, tr_idx, va_idx = split_data(run, data)
     run.log(
         f"data: {len(data.images)} images, train {len(tr_idx)}, val {len(va_idx)}, "
         f"counts {np.bincount(data.labels, minlength=7).tolist()}"

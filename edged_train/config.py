@@ -25,6 +25,8 @@ class TrainConfig:
     data: str | None = None
     image_folder: str | None = None
     test_data: str | None = None
+    extra_data: tuple[str, ...] = ()
+    extra_repeat: int = 1
     val_fraction: float = 0.1
     out: str = ""
     name: str = "edged_fer"
@@ -46,7 +48,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     init_checkpoint: str | None = None
     export_from: str | None = None
-    teacher: str | None = None
+    teacher: tuple[str, ...] = ()
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
     seed: int = 20261125
@@ -100,6 +102,21 @@ def _data_options(src: argparse._ArgumentGroup) -> None:
     )
     src.add_argument(
         "--test-data", help="npz evaluated ONCE after model selection, for reporting only"
+    )
+    src.add_argument(
+        "--extra-data",
+        nargs="+",
+        default=(),
+        type=str,
+        help="more npz files trained on but never validated on (e.g. real photos cut by "
+        "tools/fer_crops.py --photos select-fit); their crop must be --data's",
+    )
+    src.add_argument(
+        "--extra-repeat",
+        type=int,
+        default=1,
+        help="each --extra-data image appears this many times per epoch (a small real "
+        "set weighed against FER2013's 28k)",
     )
     src.add_argument(
         "--val-fraction",
@@ -168,8 +185,11 @@ def _recipe_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--teacher",
-        help="knowledge distillation: a trained .pt (e.g. the shipped model) whose softened "
-        "predictions on each augmented batch are mixed into the target",
+        nargs="+",
+        default=(),
+        help="knowledge distillation: one or more trained .pt (e.g. the shipped model, or "
+        "several runs: their mean logits are the teacher) whose softened predictions on each "
+        "augmented batch are mixed into the target",
     )
     p.add_argument("--kd-weight", type=float, default=0.5, help="weight of the teacher term")
     p.add_argument("--kd-temperature", type=float, default=2.0, help="softening temperature")
@@ -240,6 +260,12 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     ns = p.parse_args(argv)
     if not ns.data and not ns.image_folder:
         p.error("give --data NPZ or --image-folder DIR")
+    if ns.extra_data and not ns.data:
+        p.error("--extra-data goes with --data")
+    if ns.extra_repeat < 1:
+        p.error("--extra-repeat must be >= 1")
+    ns.extra_data = tuple(ns.extra_data)
+    ns.teacher = tuple(ns.teacher)
     names = {f.name for f in fields(TrainConfig)}
     assert set(vars(ns)) == names, set(vars(ns)) ^ names
     return TrainConfig(**vars(ns))

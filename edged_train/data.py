@@ -154,6 +154,40 @@ def load_npz(path: str | Path, soft_targets: bool) -> Dataset:
     return data
 
 
+def joined(base: Dataset, extras: list[Dataset]) -> tuple[Dataset, np.ndarray]:
+    """``base`` followed by ``extras`` (one dataset) and the indices of the extras' images.
+
+    Extras must be framed like ``base`` (same ``face_crop``): a model must not learn two
+    framings of the face when the daemon cuts one. Images without FER+ votes get one-hot
+    targets (``soft_valid`` False)."""
+    images, labels, shas = [base.images], [base.labels], dict(base.data_sha)
+    softs = [base.soft] if base.soft is not None else None
+    valids = [base.soft_valid] if base.soft_valid is not None else None
+    for ex in extras:
+        if ex.face_crop != base.face_crop:
+            raise SystemExit(
+                f"--extra-data {list(ex.data_sha)} is framed {ex.face_crop}, --data "
+                f"{base.face_crop}: cut both with the same crop (tools/fer_crops.py --for)"
+            )
+        images.append(ex.images)
+        labels.append(ex.labels)
+        shas.update(ex.data_sha)
+        if softs is not None and valids is not None:
+            n = len(ex.images)
+            softs.append(ex.soft if ex.soft is not None else np.zeros((n, 7), np.float32))
+            valids.append(ex.soft_valid if ex.soft_valid is not None else np.zeros(n, bool))
+    n_base = len(base.images)
+    out = Dataset(
+        np.concatenate(images),
+        np.concatenate(labels),
+        shas,
+        None if softs is None else np.concatenate(softs),
+        None if valids is None else np.concatenate(valids),
+        base.face_crop,
+    )
+    return out, np.arange(n_base, len(out.images))
+
+
 def load_folder(root: str | Path) -> Dataset:
     images, labels, files = load_image_folder(root)
     return Dataset(images, labels, {f"image_folder:{Path(root).name}": folder_digest(files, root)})

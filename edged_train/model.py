@@ -64,3 +64,26 @@ def load_trained(path: str | Path) -> tuple[Any, dict[str, Any]]:
     net = build_model(tuple(ck["arch"]["widths"]), NUM_CLASSES, ck["arch"].get("dropout", 0.4))
     net.load_state_dict(ck["state_dict"])
     return net.eval(), ck
+
+
+def ensemble(nets: list[Any]) -> Any:
+    """One teacher from several trained networks: the mean of their logits.
+
+    Runs that differ in seed, targets or start point err on different faces; their mean is
+    a better teacher than any one of them, and distilling it gives the daemon one set of
+    weights, one file and one call per face (an ensemble in the graph would cost N calls)."""
+    import torch
+    import torch.nn as nn
+
+    if len(nets) == 1:
+        return nets[0]
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList(nets)
+
+        def forward(self, x: Any) -> Any:
+            return torch.stack([m(x) for m in self.members]).mean(0)
+
+    return Ensemble().eval()

@@ -93,7 +93,7 @@ class Provenance:
     fast_variant: dict[str, Any] | None
     torch_version: str
     init_checkpoint: dict[str, str] | None
-    teacher: dict[str, str] | None
+    teacher: list[dict[str, str]] | None
     train_wall_s: float
 
 

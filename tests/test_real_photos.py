@@ -1,8 +1,9 @@
 """edged's shipped emotion models on real photographs, through the daemon's whole pipeline.
 
-A fixed subset of ``../shared/datasets/facial_expressions`` (the *selection* half, split by
-person; the report half is never used by tests or choices): the first 12 photos of each of
-the five well-populated classes. Full photos go through the lite phase's detector, each
+A fixed subset of ``../shared/datasets/facial_expressions`` (the ``select-check`` part of the
+selection half, split by person: no shipped model learnt from it, and the report half is
+never used by tests or choices): the first 12 photos of each of the five well-populated
+classes. Full photos go through the lite phase's detector, each
 model's own crop and the classifier, exactly as a camera frame would.
 """
 
@@ -41,7 +42,7 @@ def subset() -> list[tuple[np.ndarray, str]]:
         )
     seen: Counter[str] = Counter()
     out = []
-    for photo in load_photos(half="select"):
+    for photo in load_photos(half="select-check"):
         if photo.label in CLASSES and seen[photo.label] < PER_CLASS:
             img = cv2.imread(str(photo.path), cv2.IMREAD_COLOR)
             assert img is not None, photo.path

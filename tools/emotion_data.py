@@ -10,6 +10,12 @@ face on both sides and measure memory, not recognition.
 - ``report``: only for the figures reported in the model card; never trained on, never
   used to choose.
 
+A model that *learns* from real photos needs held-out photos of its own to be chosen on, so
+the selection half is split again by person (another byte of the same digest): ``select-fit``
+(about two thirds, the photos such a model may be trained on) and ``select-check`` (the
+rest, for choosing between such a model and one that never saw a photo). ``select`` is the
+union of the two and stays what every earlier choice was made on.
+
 Everything here is plain data handling (only edged's label table), so the training tool,
 the evaluation tool, the benchmarks and the tests read the data one way.
 """
@@ -26,6 +32,8 @@ from pathlib import Path
 from edged.models.catalog import LABEL_ALIASES  # plain data: imports nothing else of edged
 
 HALVES = ("select", "report")
+#: The two parts of the selection half (by person): trained on / chosen on.
+SELECT_PARTS = ("select-fit", "select-check")
 _TRAILING_NUMBER = re.compile(r"[_\-\s]*\d+$")
 
 #: The photos' label spellings -> edged's canonical labels (the catalogue's table).
@@ -50,8 +58,19 @@ def person_of(file_name: str) -> str:
 
 def half_of(file_name: str) -> str:
     """``select`` or ``report``: a fixed function of the person, never of the file."""
-    digest = hashlib.sha256(person_of(file_name).encode("utf-8")).digest()
-    return HALVES[digest[0] & 1]
+    return HALVES[_digest(file_name)[0] & 1]
+
+
+def part_of(file_name: str) -> str:
+    """``select-fit``, ``select-check`` (parts of the selection half) or ``report``."""
+    digest = _digest(file_name)
+    if HALVES[digest[0] & 1] == "report":
+        return "report"
+    return SELECT_PARTS[1] if digest[1] % 3 == 0 else SELECT_PARTS[0]
+
+
+def _digest(file_name: str) -> bytes:
+    return hashlib.sha256(person_of(file_name).encode("utf-8")).digest()
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,8 @@ class Photo:
 
 
 def load_photos(root: Path | None = None, half: str = "all") -> list[Photo]:
-    """The labelled photos of ``half`` (``select``, ``report`` or ``all``), in file order."""
+    """The labelled photos of ``half`` (``select``, ``report``, ``all``, or a part of the
+    selection half: ``select-fit``, ``select-check``), in file order."""
     root = root or photos_root()
     table = root / "labels.csv"
     if not table.is_file():
@@ -70,15 +90,17 @@ def load_photos(root: Path | None = None, half: str = "all") -> list[Photo]:
             f"{table} not found: the real photos live in ../shared/datasets/facial_expressions "
             "(set EDGED_SHARED)"
         )
-    if half not in (*HALVES, "all"):
-        raise ValueError(f"half must be one of {HALVES} or 'all', got {half!r}")
+    if half not in (*HALVES, *SELECT_PARTS, "all"):
+        raise ValueError(f"half must be one of {HALVES + SELECT_PARTS} or 'all', got {half!r}")
     out: list[Photo] = []
     with table.open(newline="") as fh:
         for row in csv.DictReader(fh):
             name, label = row["file"], row["label"].strip().lower()
             if label not in PHOTO_LABELS:
                 raise ValueError(f"{table}: unknown label {label!r} for {name}")
-            if half != "all" and half_of(name) != half:
+            if half in HALVES and half_of(name) != half:
+                continue
+            if half in SELECT_PARTS and part_of(name) != half:
                 continue
             out.append(Photo(root / "images" / name, PHOTO_LABELS[label], person_of(name)))
     out.sort(key=lambda p: p.path.name)

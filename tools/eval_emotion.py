@@ -473,9 +473,10 @@ def main(argv=None):
     pp.add_argument("--pipeline", action="store_true", help="run the daemon's whole pipeline")
     pp.add_argument(
         "--half",
-        choices=["select", "report", "all"],
+        choices=["select", "report", "all", "select-fit", "select-check"],
         default="select",
-        help="half of the real photos (split by person); default select",
+        help="half of the real photos (split by person; select-fit/select-check are the "
+        "selection half's two parts, see tools/emotion_data.py); default select",
     )
     pp.add_argument("--phase", default="lite", help="phase whose chains are used (default lite)")
     pp.add_argument("--detector", help="detector name (overrides the phase)")

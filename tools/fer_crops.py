@@ -17,6 +17,14 @@ The result is an npz in the FER2013 layout (images, labels, classes, filenames, 
 and labels) plus ``found``, ``boxes``/``landmarks`` (in the original 48x48 pixels) and the
 crop used, so ``tools/train_emotion.py --data`` trains on it unchanged.
 
+``--photos PART`` does the same for the real photos of ``../shared/datasets/facial_expressions``
+(``select-fit``: the part of the selection half a model may learn from, see
+``tools/emotion_data.py``), exactly as ``eval_emotion.py --pipeline`` and the daemon see them:
+the full photo, not enlarged, the detector chain, the **largest** face, the same crop. A photo
+where no face is found is left out (its whole frame is not a face crop); ``contemptuous``
+photos are left out (the 7-class model has no such output). The npz carries
+``ferplus_votes`` of -1 (no FER+ votes: one-hot targets) and ``filenames``.
+
 ``--framing`` prints where FER2013's faces sit in their 48x48 images by these detectors
 (median landmarks in unit coordinates, box size and centre): how
 ``edged.models.catalog.FER2013_UNIT`` was measured.
@@ -24,6 +32,7 @@ crop used, so ``tools/train_emotion.py --data`` trains on it unchanged.
   python tools/fer_crops.py --data ../shared/datasets/fer2013_train.npz --framing
   python tools/fer_crops.py --data ../shared/datasets/fer2013_train.npz --for edged_fer \\
       --out /tmp/fer/train_crops.npz
+  python tools/fer_crops.py --photos select-fit --for edged_fer --out /tmp/fer/photos_fit.npz
 """
 
 from __future__ import annotations
@@ -100,7 +109,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", required=True, help="FER2013-layout npz")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="FER2013-layout npz")
+    src.add_argument(
+        "--photos",
+        choices=["select-fit", "select-check", "select"],
+        help="real photos of this part of the selection half (never the report half)",
+    )
     p.add_argument("--out", help="npz to write")
     p.add_argument("--for", dest="model", default="edged_fer", help="catalogue model whose crop")
     p.add_argument("--crop", help="CropSpec JSON instead of the model's (e.g. for a new model)")
@@ -112,6 +127,14 @@ def main(argv=None) -> int:
 
     from edged.models.catalog import CATALOG, CropSpec
     from edged.models.crops import face_crops
+
+    if a.photos:
+        if a.framing or not a.out:
+            p.error("--photos needs --out and does not take --framing")
+        spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
+        return photo_crops(
+            a.photos, build_detectors(a.detectors.split(","), a.models_dir), spec, Path(a.out)
+        )
 
     d = np.load(a.data)
     images = d["images"]
@@ -180,6 +203,71 @@ def main(argv=None) -> int:
     print(
         f"wrote {a.out}: {n} images, face found in {found.sum()} ({found.mean() * 100:.1f} %) "
         f"{per}, registered image kept for {n - found.sum()}; {time.time() - t0:.0f} s"
+    )
+    return 0
+
+
+def largest(boxes: np.ndarray) -> int:
+    """Index of the largest box (N, 4): the labelled person of a photo (as ``eval_emotion``)."""
+    return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+
+
+def first_found(detectors, image: np.ndarray):
+    """(name, detections) of the first detector of the chain that finds a face (or the last)."""
+    for name, det in detectors:
+        r = det(image)
+        if len(r):
+            return name, r
+    return detectors[-1][0], r
+
+
+def photo_crops(part: str, detectors, spec, out: Path) -> int:
+    """Training crops of the real photos of ``part``, cut as the daemon cuts a camera face."""
+    from emotion_data import load_photos
+
+    from edged.models.crops import face_crops
+    from edged_train.data import CANONICAL, FER_CLASSES
+
+    t0 = time.time()
+    crops, labels, files, boxes, marks, by = [], [], [], [], [], []
+    lost: list[str] = []
+    for ph in load_photos(half=part):
+        if ph.label not in CANONICAL:
+            continue  # contemptuous: no output of a 7-class model
+        img = cv2.imread(str(ph.path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SystemExit(f"unreadable image: {ph.path}")
+        name, r = first_found(detectors, img)
+        if not len(r):
+            lost.append(ph.path.name)
+            continue
+        i = largest(r.boxes)
+        c = face_crops(img, r.boxes[i][None], r.landmarks[i][None], 48, spec)[0]
+        crops.append(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY))
+        labels.append(CANONICAL.index(ph.label))
+        files.append(f"{part}/{ph.path.name}")
+        boxes.append(r.boxes[i])
+        marks.append(r.landmarks[i])
+        by.append(name)
+    n = len(crops)
+    np.savez_compressed(
+        out,
+        images=np.stack(crops).astype(np.uint8),
+        labels=np.asarray(labels, np.int64),
+        classes=np.array(FER_CLASSES),
+        filenames=np.array(files),
+        ferplus_votes=np.full((n, 10), -1, np.int16),
+        found=np.ones(n, bool),
+        detector=np.array(by),
+        boxes=np.stack(boxes).astype(np.float32),
+        landmarks=np.stack(marks).astype(np.float32),
+        crop=np.array(json.dumps(spec.to_json())),
+        source=np.array(f"facial_expressions:{part}"),
+    )
+    counts = np.bincount(labels, minlength=len(FER_CLASSES)).tolist()
+    print(
+        f"wrote {out}: {n} photos of {part} ({dict(zip(FER_CLASSES, counts, strict=True))}), "
+        f"no face found in {len(lost)} (left out: {lost}); {time.time() - t0:.0f} s"
     )
     return 0
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 import fer_crops  # noqa: E402  (the training-crop tool: it must cut faces like the daemon)
-from emotion_data import half_of, load_photos, person_of  # noqa: E402
+from emotion_data import half_of, load_photos, part_of, person_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +181,17 @@ def test_photo_halves_split_by_person_never_by_file() -> None:
     assert len(select) + len(report) == len(load_photos())
     assert not {p.person for p in select} & {p.person for p in report}
     assert 0.35 < len(select) / (len(select) + len(report)) < 0.65
+
+
+def test_selection_half_parts_split_by_person_and_make_up_the_selection_half() -> None:
+    """A model trained on ``select-fit`` photos is chosen on ``select-check``: no person in
+    both, nothing of the report half in either."""
+    fit, check = load_photos(half="select-fit"), load_photos(half="select-check")
+    select = load_photos(half="select")
+    assert sorted(p.path for p in fit + check) == sorted(p.path for p in select)
+    assert not {p.person for p in fit} & {p.person for p in check}
+    assert all(part_of(p.path.name) == "select-check" for p in check)
+    assert 0.2 < len(check) / len(select) < 0.5
 
 
 def test_sidecar_face_crop_matches_the_catalogue_for_models_trained_on_detector_crops() -> None:

@@ -95,3 +95,56 @@ def test_exported_graph_loads_through_the_daemons_loader(trained: dict[str, Any]
     order = [clf.labels.index(c) for c in side["canonical_labels"]]
     np.testing.assert_allclose(probs[:, order], p / p.sum(1, keepdims=True), atol=1e-4)
     assert Path(root / "run" / "edged_fer_v1.pt").is_file()
+
+
+def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
+    trained: dict[str, Any],
+) -> None:
+    """``--extra-data`` joins the training side only (``--extra-repeat`` times), so the
+    validation images stay FER2013's whatever a run learns from; ``--teacher A B`` distils
+    the mean of several runs into one network."""
+    from edged_train.cli import main
+
+    root = trained["root"]
+    crop = trained["crop"]
+    n_extra = 20
+    extra = root / "photos.npz"
+    with np.load(shared_root() / "datasets" / "fer2013_train.npz") as d:
+        classes = d["classes"]
+    np.savez(
+        extra,
+        images=trained["images"][:n_extra][:, ::-1].copy(),
+        labels=np.arange(n_extra) % 7,
+        classes=classes,
+        ferplus_votes=np.full((n_extra, 10), -1, np.int16),
+        crop=np.array(json.dumps(crop.to_json())),
+    )
+    teacher = str(root / "run" / "edged_fer_v1.pt")
+    threads = torch.get_num_threads()
+    try:
+        main(
+            [
+                *("--data", str(root / "slice.npz"), "--out", str(root / "kd"), "--epochs", "1"),
+                *("--extra-data", str(extra), "--extra-repeat", "3", "--soft-targets"),
+                *("--teacher", teacher, teacher, "--batch-size", "64", "--threads", "1"),
+                *("--device", "cpu", "--test-modes", "full"),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    side = json.loads((root / "kd" / "edged_fer_v1.json").read_text())
+    assert side["val_size"] == trained["side"]["val_size"]  # the same FER2013 images
+    assert side["train_size"] == trained["side"]["train_size"] + 3 * n_extra
+    assert [t["path"] for t in side["teacher"]] == [teacher, teacher]
+    assert "photos.npz" in side["data_sha256"]
+
+
+def test_extra_data_framed_differently_from_the_training_data_is_refused(
+    trained: dict[str, Any],
+) -> None:
+    from edged_train.data import Dataset, joined
+
+    base = Dataset(trained["images"][:4], np.zeros(4, np.int64), {}, face_crop={"mode": "align"})
+    other = Dataset(trained["images"][:2], np.zeros(2, np.int64), {"x.npz": "0"}, face_crop=None)
+    with pytest.raises(SystemExit, match="framed"):
+        joined(base, [other])
