@@ -762,35 +762,3 @@ def key_policy(key: str) -> Reload | None:
     if below:
         return None
     return _marker(field) or model.reload
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if value is None:
-        return '""'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def to_toml(data: Mapping[str, Any]) -> str:
-    """Render settings data (as from :meth:`Settings.redacted`) as a TOML document.
-
-    Only the shapes this config has: top-level tables of scalars/lists, and ``cameras`` as
-    an array of tables. ``None`` (an unset optional path) is written as ``""``.
-    """
-    out: list[str] = []
-    for section, body in data.items():
-        if section == "cameras":
-            continue
-        out.append(f"[{section}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
-        out.append("")
-    for cam in data.get("cameras", []):
-        out.append("[[cameras]]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in cam.items())
-        out.append("")
-    return "\n".join(out)

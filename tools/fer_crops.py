@@ -25,6 +25,9 @@ where no face is found is left out (its whole frame is not a face crop); ``conte
 photos are left out (the 7-class model has no such output). The npz carries
 ``ferplus_votes`` of -1 (no FER+ votes: one-hot targets) and ``filenames``.
 
+``--image-folder DIR`` (``DIR/<label>/*.jpg``, your own frames) is the same for fine-tuning
+on your faces: ``tools/train_emotion.py --data my_crops.npz --init-checkpoint ...``.
+
 ``--framing`` prints where FER2013's faces sit in their 48x48 images by these detectors
 (median landmarks in unit coordinates, box size and centre): how
 ``edged.models.catalog.FER2013_UNIT`` was measured.
@@ -33,6 +36,7 @@ photos are left out (the 7-class model has no such output). The npz carries
   python tools/fer_crops.py --data ../shared/datasets/fer2013_train.npz --for edged_fer \\
       --out /tmp/fer/train_crops.npz
   python tools/fer_crops.py --photos select-fit --for edged_fer --out /tmp/fer/photos_fit.npz
+  python tools/fer_crops.py --image-folder MY_FRAMES --for edged_fer --out my_crops.npz
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ for extra in (REPO, REPO / "tools", REPO / "tests"):
 
 UPSCALE = 4
 PAD = 12  # original pixels of replicated border on each side
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def build_detectors(names: list[str], models_dir: Path | None):
@@ -116,6 +121,12 @@ def main(argv=None) -> int:
         choices=["select-fit", "select-check", "select"],
         help="real photos of this part of the selection half (never the report half)",
     )
+    src.add_argument(
+        "--image-folder",
+        type=Path,
+        help="your own full frames or photos, DIR/<label>/*.jpg (one face each, the largest "
+        "is taken): fine-tuning crops cut as the daemon will cut your camera's faces",
+    )
     p.add_argument("--out", help="npz to write")
     p.add_argument("--for", dest="model", default="edged_fer", help="catalogue model whose crop")
     p.add_argument("--crop", help="CropSpec JSON instead of the model's (e.g. for a new model)")
@@ -128,13 +139,16 @@ def main(argv=None) -> int:
     from edged.models.catalog import CATALOG, CropSpec
     from edged.models.crops import face_crops
 
-    if a.photos:
+    if a.photos or a.image_folder:
         if a.framing or not a.out:
-            p.error("--photos needs --out and does not take --framing")
+            p.error("--photos/--image-folder need --out and do not take --framing")
         spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
-        return photo_crops(
-            a.photos, build_detectors(a.detectors.split(","), a.models_dir), spec, Path(a.out)
-        )
+        dets = build_detectors(a.detectors.split(","), a.models_dir)
+        if a.photos:
+            source, items = f"facial_expressions:{a.photos}", selection_photos(a.photos)
+        else:
+            source, items = f"image_folder:{a.image_folder.name}", folder_photos(a.image_folder)
+        return photo_crops(source, items, dets, spec, Path(a.out))
 
     d = np.load(a.data)
     images = d["images"]
@@ -221,31 +235,51 @@ def first_found(detectors, image: np.ndarray):
     return detectors[-1][0], r
 
 
-def photo_crops(part: str, detectors, spec, out: Path) -> int:
-    """Training crops of the real photos of ``part``, cut as the daemon cuts a camera face."""
+def selection_photos(part: str) -> list[tuple[Path, str]]:
+    """(path, canonical label) of the real photos of a part of the selection half."""
     from emotion_data import load_photos
 
+    return [(ph.path, ph.label) for ph in load_photos(half=part)]
+
+
+def folder_photos(root: Path) -> list[tuple[Path, str]]:
+    """(path, canonical label) of DIR/<label>/* (label spellings: the catalogue's aliases)."""
+    from edged.models.catalog import LABEL_ALIASES
+
+    out = []
+    for sub in sorted(q for q in root.iterdir() if q.is_dir()):
+        label = LABEL_ALIASES.get(sub.name.lower())
+        if label is None:
+            raise SystemExit(f"unknown label folder {sub}; expected one of {sorted(LABEL_ALIASES)}")
+        out += [(f, label) for f in sorted(sub.rglob("*")) if f.suffix.lower() in IMAGE_EXTS]
+    if not out:
+        raise SystemExit(f"no images found under {root}")
+    return out
+
+
+def photo_crops(source: str, items: list[tuple[Path, str]], detectors, spec, out: Path) -> int:
+    """Training crops of full photos, cut as the daemon cuts a camera face."""
     from edged.models.crops import face_crops
     from edged_train.data import CANONICAL, FER_CLASSES
 
     t0 = time.time()
     crops, labels, files, boxes, marks, by = [], [], [], [], [], []
     lost: list[str] = []
-    for ph in load_photos(half=part):
-        if ph.label not in CANONICAL:
+    for path, label in items:
+        if label not in CANONICAL:
             continue  # contemptuous: no output of a 7-class model
-        img = cv2.imread(str(ph.path), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise SystemExit(f"unreadable image: {ph.path}")
+            raise SystemExit(f"unreadable image: {path}")
         name, r = first_found(detectors, img)
         if not len(r):
-            lost.append(ph.path.name)
+            lost.append(path.name)
             continue
         i = largest(r.boxes)
         c = face_crops(img, r.boxes[i][None], r.landmarks[i][None], 48, spec)[0]
         crops.append(cv2.cvtColor(c, cv2.COLOR_BGR2GRAY))
-        labels.append(CANONICAL.index(ph.label))
-        files.append(f"{part}/{ph.path.name}")
+        labels.append(CANONICAL.index(label))
+        files.append(f"{path.parent.name}/{path.name}")
         boxes.append(r.boxes[i])
         marks.append(r.landmarks[i])
         by.append(name)
@@ -262,11 +296,11 @@ def photo_crops(part: str, detectors, spec, out: Path) -> int:
         boxes=np.stack(boxes).astype(np.float32),
         landmarks=np.stack(marks).astype(np.float32),
         crop=np.array(json.dumps(spec.to_json())),
-        source=np.array(f"facial_expressions:{part}"),
+        source=np.array(source),
     )
     counts = np.bincount(labels, minlength=len(FER_CLASSES)).tolist()
     print(
-        f"wrote {out}: {n} photos of {part} ({dict(zip(FER_CLASSES, counts, strict=True))}), "
+        f"wrote {out}: {n} photos of {source} ({dict(zip(FER_CLASSES, counts, strict=True))}), "
         f"no face found in {len(lost)} (left out: {lost}); {time.time() - t0:.0f} s"
     )
     return 0

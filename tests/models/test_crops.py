@@ -204,3 +204,36 @@ def test_sidecar_face_crop_matches_the_catalogue_for_models_trained_on_detector_
         face_crop = json.loads(side.read_text()).get("face_crop")
         if face_crop is not None:
             assert CropSpec.from_json(face_crop) == spec.crops[0], spec.name
+
+
+def test_photo_training_crops_are_the_daemons_crop_of_the_largest_face(
+    yunet: Detector, tmp_path: Path
+) -> None:
+    """tools/fer_crops.py --image-folder (and --photos) cut a full photo's largest face with
+    the daemon's crop function and gray conversion: what a fine-tuned model learns from is
+    what the daemon will hand it."""
+    from edged.models.classification.fer import gray_input
+
+    photos = [p for p in load_photos(half="select-check") if p.label in ("happy", "sad")][:4]
+    for p in photos:
+        (tmp_path / "frames" / p.label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "frames" / p.label / p.path.name).write_bytes(p.path.read_bytes())
+    spec = CATALOG["edged_fer"].crops[0]
+    items = fer_crops.folder_photos(tmp_path / "frames")
+    assert sorted(lab for _, lab in items) == sorted(p.label for p in photos)
+    out = tmp_path / "crops.npz"
+    assert fer_crops.photo_crops("test", items, [("yunet", yunet)], spec, out) == 0
+    with np.load(out) as d:
+        assert json.loads(str(d["crop"])) == spec.to_json()
+        assert len(d["images"]) == len(items)  # every one of these photos has a face
+        for (path, label), crop, y in zip(items, d["images"], d["labels"], strict=True):
+            img = cv2.imread(str(path))
+            dets = yunet(img)
+            i = int(
+                np.argmax(
+                    (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+                )
+            )
+            daemon = face_crops(img, dets.boxes[i : i + 1], dets.landmarks[i : i + 1], 48, spec)
+            np.testing.assert_array_equal(crop, gray_input(daemon[0], 48))
+            assert CATALOG["edged_fer"].canonical_labels[int(y)] == label
