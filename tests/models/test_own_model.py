@@ -1,7 +1,9 @@
 """edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
 
-v3 (``edged_fer``, ``edged_fer_fast``: one graph) is trained on FER2013 re-cut by edged's own
-detector and alignment, and runs one pass on the centre 40x40 of the aligned 48x48 face.
+v4 (``edged_fer``, ``edged_fer_fast``: one graph) is v3 fine-tuned on FER2013 and real photos,
+both re-cut by edged's own detector and alignment; v3 (``edged_fer_v3``, kept loadable)
+learnt the FER2013 crops alone. Both run one pass on the centre 40x40 of the aligned 48x48
+face.
 v2 (``edged_fer_v2``, kept loadable) averages ten views of each face inside its graph (five
 scales, each mirrored); ``edged_fer_v2_fast`` is the same weights in one pass. All go
 through the same loader.
@@ -26,8 +28,14 @@ ONNX = MODEL_DIR / "edged_fer_v2.onnx"
 FAST = MODEL_DIR / "edged_fer_v2_fast.onnx"
 SIDECAR = MODEL_DIR / "edged_fer_v2.json"
 V3 = MODEL_DIR / "edged_fer_v3.onnx"
-V3_SIDECAR = MODEL_DIR / "edged_fer_v3.json"
-SHIPPED = {"edged_fer_v2": ONNX, "edged_fer_v2_fast": FAST, "edged_fer": V3, "edged_fer_fast": V3}
+V4 = MODEL_DIR / "edged_fer_v4.onnx"
+SHIPPED = {
+    "edged_fer_v2": ONNX,
+    "edged_fer_v2_fast": FAST,
+    "edged_fer_v3": V3,
+    "edged_fer": V4,
+    "edged_fer_fast": V4,
+}
 # the views the sidecar's test-time mode names: input sizes, each also mirrored
 VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
@@ -75,7 +83,8 @@ def sidecar() -> dict:
 
 
 def _sidecar_of(name: str) -> dict:
-    return json.loads((V3_SIDECAR if SHIPPED[name] == V3 else SIDECAR).read_text())
+    path = SHIPPED[name]
+    return json.loads((SIDECAR if path in (ONNX, FAST) else path.with_suffix(".json")).read_text())
 
 
 @pytest.fixture(scope="module", params=sorted(SHIPPED))
@@ -112,9 +121,10 @@ def _daemon_input(crops: list[np.ndarray]) -> np.ndarray:
     return (x / 255.0 - 0.5) / 0.5
 
 
-@pytest.mark.parametrize("path", [ONNX, FAST, V3], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ONNX, FAST, V3, V4], ids=lambda p: p.name)
 def test_files_shipped_and_small(path: Path) -> None:
-    assert SIDECAR.is_file() and V3_SIDECAR.is_file()
+    assert SIDECAR.is_file() and V3.with_suffix(".json").is_file()
+    assert V4.with_suffix(".json").is_file()
     assert path.is_file(), f"{path} missing"
     assert path.stat().st_size < 10_000_000
 
@@ -136,14 +146,27 @@ def test_sidecar_records_a_test_time_mode_chosen_on_validation(sidecar: dict) ->
     assert abs(sidecar["val_accuracy"] - modes[chosen]) < 1e-6
 
 
-def test_v3_sidecar_sha256_and_face_crop_match_the_shipped_graph_and_catalogue() -> None:
+@pytest.mark.parametrize("path", [V3, V4], ids=lambda p: p.name)
+def test_detector_crop_sidecars_match_the_shipped_graph_and_catalogue(path: Path) -> None:
     from edged.models.catalog import CATALOG, CropSpec
 
-    side = json.loads(V3_SIDECAR.read_text())
-    assert hashlib.sha256(V3.read_bytes()).hexdigest() == side["sha256"]
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == side["sha256"]
     assert side["test_time_mode"] == "center"  # chosen on validation (mean per-class recall)
     assert side["train_config"]["select_by"] == "mean_recall"
     assert CropSpec.from_json(side["face_crop"]) == CATALOG["edged_fer"].crops[0]
+
+
+def test_v4_learnt_real_photos_of_the_selection_half_only() -> None:
+    """v4's real photos are the ``select-fit`` part: never the report half, never the
+    ``select-check`` part it was chosen on."""
+    side = json.loads(V4.with_suffix(".json").read_text())
+    assert side["train_config"]["extra_data"] == ["/tmp/fer/photos_fit.npz"]
+    assert "photos_fit.npz" in side["data_sha256"]
+    assert (
+        side["init_checkpoint"]["sha256"]
+        == hashlib.sha256(V3.with_suffix(".pt").read_bytes()).hexdigest()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -161,7 +184,7 @@ def test_sidecar_matches_catalogue(name: str) -> None:
         assert key in sidecar
 
 
-@pytest.mark.parametrize("path", [ONNX, FAST, V3], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ONNX, FAST, V3, V4], ids=lambda p: p.name)
 def test_onnx_contract(path: Path) -> None:
     sess = _session(path)
     (inp,) = sess.get_inputs()

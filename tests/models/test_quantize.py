@@ -47,7 +47,7 @@ def test_quantize_writes_the_int8_file_and_a_sidecar_naming_its_source(quantized
     assert out.name == "edged_fer_int8.onnx" and out.is_file()
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["name"] == "edged_fer_int8"
-    assert side["source"].endswith("edged_fer_v3.onnx")
+    assert side["source"] == CATALOG["edged_fer"].files[0]
     assert side["samples"] >= 100
     assert "fer2013_train" in side["calibration"]
     assert out.stat().st_size < CATALOG["edged_fer"].paths(quantized)[0].stat().st_size / 2
