@@ -264,7 +264,7 @@ def evaluate_pipeline(pipe, items, y_true):
     (the face nearest the centre is the labelled one).
     """
     import cv2
-    from fer_crops import enlarge, nearest_centre
+    from fer_crops import enlarge, largest, nearest_centre
 
     preds = []
     t0 = time.perf_counter()
@@ -279,11 +279,11 @@ def evaluate_pipeline(pipe, items, y_true):
         if not faces:
             preds.append(NO_FACE)
             continue
+        boxes = np.array([f.bbox for f in faces], np.float32)
         if isinstance(item, np.ndarray):
-            boxes = np.array([f.bbox for f in faces], np.float32)
             face = faces[nearest_centre(boxes, img.shape[1], img.shape[0])]
-        else:
-            face = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+        else:  # the labelled person of a photo: as tools/fer_crops.py --photos cuts it
+            face = faces[largest(boxes)]
         preds.append(canon(face.emotion))
     wall = time.perf_counter() - t0
     labels = [canon(n) for n in pipe.classifier.labels] + [NO_FACE]

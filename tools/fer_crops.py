@@ -59,7 +59,6 @@ for extra in (REPO, REPO / "tools", REPO / "tests"):
 
 UPSCALE = 4
 PAD = 12  # original pixels of replicated border on each side
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def build_detectors(names: list[str], models_dir: Path | None):
@@ -139,10 +138,10 @@ def main(argv=None) -> int:
     from edged.models.catalog import CATALOG, CropSpec
     from edged.models.crops import face_crops
 
+    spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
     if a.photos or a.image_folder:
         if a.framing or not a.out:
             p.error("--photos/--image-folder need --out and do not take --framing")
-        spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
         dets = build_detectors(a.detectors.split(","), a.models_dir)
         if a.photos:
             source, items = f"facial_expressions:{a.photos}", selection_photos(a.photos)
@@ -178,7 +177,6 @@ def main(argv=None) -> int:
 
     if not a.out:
         p.error("--out is required unless --framing")
-    spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
     dets = build_detectors(names, a.models_dir)
     crops = np.empty((n, 48, 48), np.uint8)
     found = np.zeros(n, bool)
@@ -245,6 +243,7 @@ def selection_photos(part: str) -> list[tuple[Path, str]]:
 def folder_photos(root: Path) -> list[tuple[Path, str]]:
     """(path, canonical label) of DIR/<label>/* (label spellings: the catalogue's aliases)."""
     from edged.models.catalog import LABEL_ALIASES
+    from edged_train.data import IMAGE_EXTS
 
     out = []
     for sub in sorted(q for q in root.iterdir() if q.is_dir()):

@@ -28,11 +28,20 @@ from tests.conftest import shared_root  # noqa: E402
 N_IMAGES = 300
 
 
+def _train(*args: str) -> None:
+    """One epoch of edged_train on one CPU thread (torch's thread count restored after)."""
+    from edged_train.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        main([*args, "--epochs", "1", "--batch-size", "64", "--threads", "1", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny FER2013-layout npz carrying a detector-made crop's framing, trained 1 epoch."""
-    from edged_train.cli import main
-
     root = tmp_path_factory.mktemp("train")
     crop = CATALOG["edged_fer"].crops[0]
     with np.load(shared_root() / "datasets" / "fer2013_train.npz") as d:
@@ -41,18 +50,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data["crop"] = np.array(json.dumps(crop.to_json()))
     npz = root / "slice.npz"
     np.savez(npz, **data)
-    threads = torch.get_num_threads()
-    try:
-        main(
-            [
-                *("--data", str(npz), "--out", str(root / "run"), "--epochs", "1"),
-                *("--batch-size", "64", "--threads", "1", "--device", "cpu", "--soft-targets"),
-                *("--class-balance", "0.5", "--camera-aug", "--test-modes", "full,center"),
-                *("--select-by", "mean_recall"),
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
+    _train(
+        *("--data", str(npz), "--out", str(root / "run"), "--soft-targets"),
+        *("--class-balance", "0.5", "--camera-aug", "--test-modes", "full,center"),
+        *("--select-by", "mean_recall"),
+    )
     side = json.loads((root / "run" / "edged_fer_v1.json").read_text())
     return {"root": root, "side": side, "images": data["images"], "crop": crop}
 
@@ -103,8 +105,6 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
     """``--extra-data`` joins the training side only (``--extra-repeat`` times), so the
     validation images stay FER2013's whatever a run learns from; ``--teacher A B`` distils
     the mean of several runs into one network."""
-    from edged_train.cli import main
-
     root = trained["root"]
     crop = trained["crop"]
     n_extra = 20
@@ -120,18 +120,11 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
         crop=np.array(json.dumps(crop.to_json())),
     )
     teacher = str(root / "run" / "edged_fer_v1.pt")
-    threads = torch.get_num_threads()
-    try:
-        main(
-            [
-                *("--data", str(root / "slice.npz"), "--out", str(root / "kd"), "--epochs", "1"),
-                *("--extra-data", str(extra), "--extra-repeat", "3", "--soft-targets"),
-                *("--teacher", teacher, teacher, "--batch-size", "64", "--threads", "1"),
-                *("--device", "cpu", "--test-modes", "full"),
-            ]
-        )
-    finally:
-        torch.set_num_threads(threads)
+    _train(
+        *("--data", str(root / "slice.npz"), "--out", str(root / "kd"), "--soft-targets"),
+        *("--extra-data", str(extra), "--extra-repeat", "3", "--teacher", teacher, teacher),
+        *("--test-modes", "full"),
+    )
     side = json.loads((root / "kd" / "edged_fer_v1.json").read_text())
     assert side["val_size"] == trained["side"]["val_size"]  # the same FER2013 images
     assert side["train_size"] == trained["side"]["train_size"] + 3 * n_extra
