@@ -29,13 +29,6 @@ SIZE: int = _FER.input_size
 MEAN: float = float(_FER.mean[0])
 STD: float = float(_FER.std[0])
 NUM_CLASSES = len(FER_CLASSES)
-#: folder names accepted by --image-folder -> class index (canonical names and FER names)
-FOLDER_TO_INDEX = {
-    **{n: i for i, n in enumerate(CANONICAL)},
-    **{n: i for i, n in enumerate(FER_CLASSES)},
-}
-#: label spellings of classes this model does not have (contempt): skipped, not an error
-IGNORED_FOLDERS = {alias for alias, label in LABEL_ALIASES.items() if label not in CANONICAL}
 # FER+ vote columns: neutral, happiness, surprise, sadness, anger, disgust, fear, contempt,
 # unknown, NF
 FERPLUS_TO_FER = [4, 3, 6, 5, 0, 1, 2]  # FER+ column j (j<7) -> FER class index
@@ -81,33 +74,53 @@ def preprocess_bgr(img: np.ndarray) -> np.ndarray:
     return gray_input(img, SIZE)
 
 
+def labelled_files(root: str | Path) -> list[tuple[Path, str]]:
+    """(image path, canonical label) of every image under DIR/<label>/, in sorted order.
+
+    The one reading of the folder layout (training, ``tools/fer_crops.py --image-folder``,
+    ``tools/eval_emotion.py --image-folder``): label folders may use any of the catalogue's
+    spellings (``fear``, ``fearful``, ...); an unknown folder name is an error, not a skip,
+    so a typo never silently drops a class. Contempt is returned; callers whose model has
+    no such class leave it out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SystemExit(f"not a folder: {root}")
+    out: list[tuple[Path, str]] = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = LABEL_ALIASES.get(sub.name.lower())
+        if label is None:
+            raise SystemExit(
+                f"unknown label folder {sub}; expected one of {CANONICAL} (or contemptuous)"
+            )
+        out += [(f, label) for f in sorted(sub.rglob("*")) if f.suffix.lower() in IMAGE_EXTS]
+    if not out:
+        raise SystemExit(f"no images found under {root}")
+    return out
+
+
 def load_image_folder(root: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """DIR/<label>/* -> (images uint8 Nx48x48, labels int64, files); unknown folders: error."""
+    """DIR/<label>/* -> (images uint8 Nx48x48, labels int64, files); contempt is skipped."""
     import cv2
 
     root = Path(root)
     images, labels, files = [], [], []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        name = sub.name.lower()
-        if name in IGNORED_FOLDERS:
-            print(f"[data] ignoring {sub} (not one of the 7 classes of this model)")
+    skipped = set()
+    for f, label in labelled_files(root):
+        if label not in CANONICAL:
+            skipped.add(label)
             continue
-        if name not in FOLDER_TO_INDEX:
-            raise SystemExit(
-                f"unknown label folder {sub}; expected one of {CANONICAL} (or contemptuous)"
-            )
-        for f in sorted(sub.rglob("*")):
-            if f.suffix.lower() not in IMAGE_EXTS:
-                continue
-            img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                print(f"[data] unreadable, skipped: {f}")
-                continue
-            images.append(preprocess_bgr(img))
-            labels.append(FOLDER_TO_INDEX[name])
-            files.append(str(f.relative_to(root)))
+        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            print(f"[data] unreadable, skipped: {f}")
+            continue
+        images.append(preprocess_bgr(img))
+        labels.append(CANONICAL.index(label))
+        files.append(str(f.relative_to(root)))
+    for label in sorted(skipped):
+        print(f"[data] ignoring {label!r} images (not one of the 7 classes of this model)")
     if not images:
-        raise SystemExit(f"no images found under {root}")
+        raise SystemExit(f"no images of this model's classes found under {root}")
     return np.stack(images).astype(np.uint8), np.asarray(labels, np.int64), files
 
 

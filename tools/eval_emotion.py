@@ -74,7 +74,6 @@ TO_CANONICAL = {
     "contempt": "contemptuous",
     "contemptuous": "contemptuous",
 }
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
 def canon(name: str) -> str:
@@ -110,21 +109,16 @@ def load_npz(path, split="all", dedup_against=None):
 def load_folder(root):
     import cv2
 
-    root = Path(root)
+    from edged_train.data import labelled_files
+
     images, labels = [], []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        try:
-            lab = canon(sub.name)
-        except ValueError:
-            raise SystemExit(f"unknown label folder {sub}") from None
-        for f in sorted(sub.rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTS:
-                img = cv2.imread(str(f), cv2.IMREAD_COLOR)  # BGR uint8, like a face crop
-                if img is None:
-                    print(f"unreadable, skipped: {f}", file=sys.stderr)
-                    continue
-                images.append(img)
-                labels.append(lab)
+    for f, lab in labelled_files(root):
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)  # BGR uint8, like a face crop
+        if img is None:
+            print(f"unreadable, skipped: {f}", file=sys.stderr)
+            continue
+        images.append(img)
+        labels.append(lab)
     if not images:
         raise SystemExit(f"no images under {root}")
     return (
@@ -591,14 +585,10 @@ def main_pipeline(a, p):
         images, y, info = load_npz(a.data, a.split, a.dedup_against)
         items = list(zip(images, y, strict=True))
     elif a.image_folder:
-        root = Path(a.image_folder)
-        items = [
-            (f, canon(sub.name))
-            for sub in sorted(q for q in root.iterdir() if q.is_dir())
-            for f in sorted(sub.rglob("*"))
-            if f.suffix.lower() in IMAGE_EXTS
-        ]
-        info = {"dataset": str(root), "split": "folder", "n_split": len(items)}
+        from edged_train.data import labelled_files
+
+        items = labelled_files(a.image_folder)
+        info = {"dataset": a.image_folder, "split": "folder", "n_split": len(items)}
     else:
         photos = load_photos(half=a.half)
         items = [(ph.path, ph.label) for ph in photos]

@@ -137,6 +137,7 @@ def main(argv=None) -> int:
 
     from edged.models.catalog import CATALOG, CropSpec
     from edged.models.crops import face_crops
+    from edged_train.data import labelled_files
 
     spec = CropSpec.from_json(json.loads(a.crop)) if a.crop else CATALOG[a.model].crops[0]
     if a.photos or a.image_folder:
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         if a.photos:
             source, items = f"facial_expressions:{a.photos}", selection_photos(a.photos)
         else:
-            source, items = f"image_folder:{a.image_folder.name}", folder_photos(a.image_folder)
+            source, items = f"image_folder:{a.image_folder.name}", labelled_files(a.image_folder)
         return photo_crops(source, items, dets, spec, Path(a.out))
 
     d = np.load(a.data)
@@ -238,22 +239,6 @@ def selection_photos(part: str) -> list[tuple[Path, str]]:
     from emotion_data import load_photos
 
     return [(ph.path, ph.label) for ph in load_photos(half=part)]
-
-
-def folder_photos(root: Path) -> list[tuple[Path, str]]:
-    """(path, canonical label) of DIR/<label>/* (label spellings: the catalogue's aliases)."""
-    from edged.models.catalog import LABEL_ALIASES
-    from edged_train.data import IMAGE_EXTS
-
-    out = []
-    for sub in sorted(q for q in root.iterdir() if q.is_dir()):
-        label = LABEL_ALIASES.get(sub.name.lower())
-        if label is None:
-            raise SystemExit(f"unknown label folder {sub}; expected one of {sorted(LABEL_ALIASES)}")
-        out += [(f, label) for f in sorted(sub.rglob("*")) if f.suffix.lower() in IMAGE_EXTS]
-    if not out:
-        raise SystemExit(f"no images found under {root}")
-    return out
 
 
 def photo_crops(source: str, items: list[tuple[Path, str]], detectors, spec, out: Path) -> int:

@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO / "tools"))
 import fer_crops  # noqa: E402  (the training-crop tool: it must cut faces like the daemon)
 from emotion_data import half_of, load_photos, part_of, person_of  # noqa: E402
 
+from edged_train.data import labelled_files  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def factory() -> SessionFactory:
@@ -219,7 +221,7 @@ def test_photo_training_crops_are_the_daemons_crop_of_the_largest_face(
         (tmp_path / "frames" / p.label).mkdir(parents=True, exist_ok=True)
         (tmp_path / "frames" / p.label / p.path.name).write_bytes(p.path.read_bytes())
     spec = CATALOG["edged_fer"].crops[0]
-    items = fer_crops.folder_photos(tmp_path / "frames")
+    items = labelled_files(tmp_path / "frames")
     assert sorted(lab for _, lab in items) == sorted(p.label for p in photos)
     out = tmp_path / "crops.npz"
     assert fer_crops.photo_crops("test", items, [("yunet", yunet)], spec, out) == 0
