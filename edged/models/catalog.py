@@ -527,19 +527,28 @@ CATALOG: dict[str, ModelSpec] = {
         ),
         _fer(
             "edged_fer",
-            "edged_fer/edged_fer_v4.onnx",
-            "edged's own FER model v4 (48x48 grayscale; v3 fine-tuned on FER2013 and real "
-            "photos, both cut by edged's detector and alignment), ships with edged; one pass "
-            "on the centre 40x40",
+            "edged_fer/edged_fer_v5.onnx",
+            "edged's own FER model v5 (48x48 grayscale; an ensemble of three runs on FER2013 "
+            "and real photos, all cut by edged's detector and alignment, distilled into one "
+            "network), ships with edged; one pass on the aligned 48x48 face",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
         ),
         _fer(
             "edged_fer_fast",
+            "edged_fer/edged_fer_v5.onnx",
+            "since v3 the same graph as edged_fer, which is already a single pass; the name "
+            "is kept for existing configs",
+            license=_FER_LICENSE,
+            shipped=True,
+            crops=V3_CROPS,
+        ),
+        _fer(
+            "edged_fer_v4",
             "edged_fer/edged_fer_v4.onnx",
-            "since v3 the same graph as edged_fer, which is already a single pass (0.69x "
-            "the compute of v2's single pass); the name is kept for existing configs",
+            "edged_fer v4 (v3 fine-tuned on FER2013 and real photos), kept loadable: see "
+            "models/README.md for how it compares with v5",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
@@ -548,7 +557,7 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer_v3",
             "edged_fer/edged_fer_v3.onnx",
             "edged_fer v3 (FER2013 re-cut by edged's detector and alignment, no real photos), "
-            "kept loadable: see models/README.md for how it compares with v4",
+            "kept loadable: see models/README.md for how it compares",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
@@ -574,7 +583,7 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
             license="yours: trained with tools/train_emotion.py --image-folder",
             notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
-            "models/edged_fer/edged_fer_v4.pt, then `edged models import FILE --as "
+            "models/edged_fer/edged_fer_v5.pt, then `edged models import FILE --as "
             "edged_fer_finetuned`.",
             crops=V3_CROPS,
         ),

@@ -82,3 +82,39 @@ def test_python_classifiers_lie_within_requires_python() -> None:
     versions = [c[len(prefix) :] for c in proj["classifiers"] if c.startswith(prefix)]
     versions = [v for v in versions if v[:1].isdigit() and "." in v]
     assert versions and [v for v in versions if not allowed.contains(v)] == []
+
+
+def wheel_models() -> dict[str, str]:
+    """The repository's model files the wheel carries (source path -> path in the wheel)."""
+    data = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    included: dict[str, str] = data["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    return included
+
+
+def shipped_files() -> list[str]:
+    from edged.models.catalog import CATALOG
+
+    return sorted({f for spec in CATALOG.values() if spec.shipped for f in spec.files})
+
+
+@pytest.mark.parametrize("file", shipped_files())
+def test_the_wheel_carries_every_file_of_a_shipped_model_with_its_sidecar(file: str) -> None:
+    """A shipped model resolves to ``edged/_models`` in an installed wheel: a file missing
+    from force-include loads from a checkout and fails (or falls back) on a device."""
+    included = wheel_models()
+    for path in [f"models/{file}", *sidecar_of(file)]:
+        assert included.get(path) == f"edged/_models/{path.removeprefix('models/')}", path
+        assert (PYPROJECT.parent / path).is_file(), path
+
+
+def sidecar_of(file: str) -> list[str]:
+    """The JSON beside a model file, where the repository has one (v2's fast graph is
+    described inside v2's sidecar)."""
+    side = f"models/{Path(file).with_suffix('.json')}"
+    return [side] if (PYPROJECT.parent / side).is_file() else []
+
+
+def test_the_wheel_carries_no_model_file_the_catalogue_does_not_ship() -> None:
+    wanted = {f"models/{f}" for f in shipped_files()}
+    wanted |= {s for f in shipped_files() for s in sidecar_of(f)}
+    assert set(wheel_models()) == wanted
