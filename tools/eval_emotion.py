@@ -25,6 +25,13 @@ choose, ``--half report`` to report; see tools/emotion_data.py):
   python tools/eval_emotion.py --pipeline --half report --phase lite --json report.json
   python tools/eval_emotion.py --pipeline --classifier edged_fer \
       --data ../shared/datasets/fer2013_test.npz --split PrivateTest
+  python tools/eval_emotion.py --pipeline --half select-check --candidate run/edged_fer_v6.onnx
+
+``--candidate FILE`` runs a model made by tools/train_emotion.py through the same pipeline
+before it has a name: it takes the catalogue's ``edged_fer_finetuned`` slot (family ``fer``,
+the detector-made crop ``V3_CROPS``) in a temporary models directory, and is refused when its
+sidecar's ``face_crop`` is not that crop (the pipeline would cut its faces differently from
+its training crops).
 
 ``--onnx PATH`` evaluates a raw ONNX file described by its JSON sidecar (PATH with .json),
 re-implementing the daemon's preprocessing (gray -> resize INTER_AREA -> /255 -> (x-mean)/std),
@@ -230,12 +237,21 @@ def build_eval_pipeline(a):
     from edged.pipeline import build_pipeline
 
     models_dir = a.models_dir
-    if models_dir is None:
+    if models_dir is None or a.candidate:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import make_models_dir  # the tests' seed layout of ../shared models
         from emotion_data import shared_root
 
-        models_dir = make_models_dir(shared_root(), Path(tempfile.mkdtemp(prefix="edged-eval-")))
+        tmp = Path(tempfile.mkdtemp(prefix="edged-eval-"))
+        if models_dir is not None:  # --candidate beside the user's models: copy what is there
+            import shutil
+
+            shutil.copytree(models_dir, tmp, dirs_exist_ok=True)
+            models_dir = tmp
+        else:
+            models_dir = make_models_dir(shared_root(), tmp)
+    if a.candidate:
+        place_candidate(Path(a.candidate), Path(models_dir))
     ps = PipelineSettings(
         phase=a.phase,
         providers=a.providers.split(","),
@@ -243,11 +259,38 @@ def build_eval_pipeline(a):
         crop=a.crop,
         crop_margin=a.crop_margin,
         **({"detector": a.detector} if a.detector else {}),
+        **({"classifier": CANDIDATE_SLOT} if a.candidate else {}),
         **({"classifier": a.classifier} if a.classifier else {}),
     )
     settings = Settings(pipeline=ps)
     factory = SessionFactory(providers=ps.providers, intra_op_threads=a.threads)
     return build_pipeline(settings, factory, models_dir=Path(models_dir))
+
+
+CANDIDATE_SLOT = "edged_fer_finetuned"
+
+
+def place_candidate(onnx: Path, models_dir: Path) -> None:
+    """Put ``onnx`` where the catalogue's ``edged_fer_finetuned`` entry loads it from, after
+    checking that its training crops (sidecar ``face_crop``) are the ones that slot cuts."""
+    import shutil
+
+    from edged.models.catalog import CATALOG, CropSpec
+
+    spec = CATALOG[CANDIDATE_SLOT]
+    sidecar = onnx.with_suffix(".json")
+    if not onnx.is_file() or not sidecar.is_file():
+        raise SystemExit(f"--candidate needs {onnx} and its sidecar {sidecar}")
+    meta = json.loads(sidecar.read_text())
+    crop = meta.get("face_crop")
+    if crop is None or CropSpec.from_json(crop) != spec.crops[0]:
+        raise SystemExit(
+            f"{sidecar}: face_crop {crop} is not {spec.crops[0].to_json()}, the crop of the "
+            f"{CANDIDATE_SLOT} slot; evaluate it under a catalogue entry with its own crop"
+        )
+    dest = spec.paths(models_dir)[0]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx, dest)
 
 
 def evaluate_pipeline(pipe, items, y_true):
@@ -472,6 +515,11 @@ def main(argv=None):
         help="half of the real photos (split by person; select-fit/select-check are the "
         "selection half's two parts, see tools/emotion_data.py); default select",
     )
+    pp.add_argument(
+        "--candidate",
+        help="an edged_fer-family ONNX file (with its JSON sidecar) evaluated through the "
+        "pipeline in the edged_fer_finetuned slot (see above)",
+    )
     pp.add_argument("--phase", default="lite", help="phase whose chains are used (default lite)")
     pp.add_argument("--detector", help="detector name (overrides the phase)")
     pp.add_argument(
@@ -527,6 +575,8 @@ def main(argv=None):
             return 0
     if a.pipeline:
         return main_pipeline(a, p)
+    if a.candidate:
+        p.error("--candidate goes with --pipeline")
     if not (a.data or a.image_folder):
         p.error("give --data NPZ or --image-folder DIR")
 
@@ -578,6 +628,8 @@ def main(argv=None):
 def main_pipeline(a, p):
     if a.onnx:
         p.error("--pipeline takes --classifier NAME (catalogue), not --onnx")
+    if a.candidate and a.classifier:
+        p.error("--candidate takes the edged_fer_finetuned slot: give it without --classifier")
     sys.path.insert(0, str(REPO / "tools"))
     from emotion_data import load_photos
 
@@ -612,6 +664,7 @@ def main_pipeline(a, p):
         "phase": a.phase,
         "detector": pipe.models["detector"],
         "classifier": pipe.models["classifier"],
+        **({"candidate": a.candidate} if a.candidate else {}),
         "crop": crop.to_json() if crop is not None else None,
         "path": "edged.pipeline.build_pipeline (the daemon's detector, crop, classifier)",
     }

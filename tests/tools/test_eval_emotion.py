@@ -1,0 +1,60 @@
+"""tools/eval_emotion.py --pipeline --candidate: a freshly trained file is measured exactly as
+the catalogue model it would become (same detector, crop and classifier code)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+import eval_emotion  # noqa: E402
+from emotion_data import load_photos  # noqa: E402
+
+MODELS = REPO / "models" / "edged_fer"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three photos each of three classes of ``select-check``, as DIR/<label>/*."""
+    root = tmp_path_factory.mktemp("photos")
+    chosen = load_photos(half="select-check")
+    for label in ("happy", "sad", "surprised"):
+        (root / label).mkdir()
+        for p in [p for p in chosen if p.label == label][:3]:
+            shutil.copyfile(p.path, root / label / p.path.name)
+    return root
+
+
+def _run(tmp_path: Path, photos: Path, *args: str) -> dict:
+    out = tmp_path / f"m{len(list(tmp_path.iterdir()))}.json"
+    argv = ["--pipeline", "--image-folder", str(photos), *args, "--json", str(out)]
+    assert eval_emotion.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_a_candidate_file_scores_what_its_catalogue_entry_scores(
+    tmp_path: Path, photos: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for ext in (".onnx", ".json"):
+        shutil.copyfile(MODELS / f"edged_fer_v4{ext}", run / f"edged_fer_v9{ext}")
+    named = _run(tmp_path, photos, "--classifier", "edged_fer_v4")
+    candidate = _run(tmp_path, photos, "--candidate", str(run / "edged_fer_v9.onnx"))
+    assert candidate["source"]["classifier"] == "edged_fer_finetuned"
+    assert candidate["source"]["crop"] == named["source"]["crop"]
+    assert candidate["confusion_matrix"] == named["confusion_matrix"]
+    assert candidate["n"] == named["n"] == 9
+
+
+def test_a_candidate_trained_on_other_crops_is_refused_with_both_crops_named(
+    tmp_path: Path, photos: Path
+) -> None:
+    with pytest.raises(SystemExit, match=r"face_crop None is not .*'mode': 'align'"):
+        _run(tmp_path, photos, "--candidate", str(MODELS / "edged_fer_v2.onnx"))
