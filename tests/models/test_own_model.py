@@ -1,7 +1,8 @@
 """edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
 
-v5 (``edged_fer``, ``edged_fer_fast``: one graph) is three runs on FER2013 and real photos
-(v4 among them) distilled into v4's network; v4 (``edged_fer_v4``, kept loadable) is v3
+v6 (``edged_fer``, ``edged_fer_fast``: one graph) is four runs (v5 among them) distilled
+into v5's network; v5 (``edged_fer_v5``, kept loadable) is three runs on FER2013 and real
+photos (v4 among them) distilled into v4's network; v4 (``edged_fer_v4``, kept loadable) is v3
 fine-tuned on FER2013 and real photos, both re-cut by edged's own detector and alignment; v3
 (``edged_fer_v3``, kept loadable) learnt the FER2013 crops alone. Each runs one pass per
 aligned 48x48 face (the whole face or its centre 40x40, as its validation chose).
@@ -31,15 +32,17 @@ SIDECAR = MODEL_DIR / "edged_fer_v2.json"
 V3 = MODEL_DIR / "edged_fer_v3.onnx"
 V4 = MODEL_DIR / "edged_fer_v4.onnx"
 V5 = MODEL_DIR / "edged_fer_v5.onnx"
+V6 = MODEL_DIR / "edged_fer_v6.onnx"
 SHIPPED = {
     "edged_fer_v2": ONNX,
     "edged_fer_v2_fast": FAST,
     "edged_fer_v3": V3,
     "edged_fer_v4": V4,
-    "edged_fer": V5,
-    "edged_fer_fast": V5,
+    "edged_fer_v5": V5,
+    "edged_fer": V6,
+    "edged_fer_fast": V6,
 }
-DETECTOR_CROPPED = (V3, V4, V5)
+DETECTOR_CROPPED = (V3, V4, V5, V6)
 # the views the sidecar's test-time mode names: input sizes, each also mirrored
 VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
@@ -168,9 +171,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize(("path", "start"), [(V4, V3), (V5, V4)], ids=["v4", "v5"])
+@pytest.mark.parametrize(("path", "start"), [(V4, V3), (V5, V4), (V6, V5)], ids=["v4", "v5", "v6"])
 def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: Path) -> None:
-    """v4's and v5's real photos are the ``select-fit`` part: never the report half, never
+    """v4's, v5's and v6's real photos are the ``select-fit`` part: never the report half, never
     the ``select-check`` part they were chosen on; each starts from the model before it."""
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["train_config"]["extra_data"] == ["/tmp/fer/photos_fit.npz"]
@@ -178,12 +181,17 @@ def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: 
     assert side["init_checkpoint"]["sha256"] == _sha(start.with_suffix(".pt"))
 
 
-def test_v5_is_one_network_distilled_from_three_runs_v4_among_them() -> None:
-    side = json.loads(V5.with_suffix(".json").read_text())
+@pytest.mark.parametrize(("path", "runs", "first"), [(V5, 3, V4), (V6, 4, V5)], ids=["v5", "v6"])
+def test_distilled_models_are_one_network_taught_by_several_runs(
+    path: Path, runs: int, first: Path
+) -> None:
+    """v5's teachers are v4 and two other runs, v6's are v5 and three other runs: one set
+    of weights of the same size as the model each started from."""
+    side = json.loads(path.with_suffix(".json").read_text())
     teachers = side["teacher"]
-    assert len(teachers) == 3 and len({t["sha256"] for t in teachers}) == 3
-    assert teachers[0]["sha256"] == _sha(V4.with_suffix(".pt"))
-    assert side["params"] == json.loads(V4.with_suffix(".json").read_text())["params"]
+    assert len(teachers) == runs and len({t["sha256"] for t in teachers}) == runs
+    assert teachers[0]["sha256"] == _sha(first.with_suffix(".pt"))
+    assert side["params"] == json.loads(first.with_suffix(".json").read_text())["params"]
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
