@@ -209,11 +209,15 @@ def load_detector(
     benchmark times ``session.run`` on exactly the session the pipeline uses).
     """
     cls = _implementation(spec, "detector", DETECTORS)
-    sessions, provider = _open_into(spec, models_dir, factory, sessions_out)
+    sessions, provider = open_sessions(spec, models_dir, factory)
+    path = spec.paths(models_dir)[0]
     try:
+        session = cls.prepare_session(spec, sessions[0], path)
+        if sessions_out is not None:
+            sessions_out[spec.name] = [session]  # the one that runs, rebuilt or not
         detector: Detector = cls(
             spec,
-            sessions[0],
+            session,
             provider,
             det_size=pipeline_settings.det_size,
             max_upscale=pipeline_settings.det_max_upscale,
@@ -226,7 +230,6 @@ def load_detector(
         # Detectors wrap their own session runs; this catches what ONNX Runtime raises
         # while they read the session. A TypeError or AttributeError is edged's bug and
         # propagates: it must not pass for a broken model file and a quiet fallback.
-        path = spec.paths(models_dir)[0]
         raise ModelError(f"cannot build detector '{spec.name}' from {path}: {exc}") from exc
     return detector
 

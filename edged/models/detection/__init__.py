@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from edged.models.detection.base import Detections, Detector, FloatArray
 from edged.models.detection.centerface import CenterFace
+from edged.models.detection.common import OnnxDetector
 from edged.models.detection.retinaface import RetinaFace
 from edged.models.detection.scrfd import SCRFD
 from edged.models.detection.yunet import YuNet
@@ -16,7 +17,7 @@ from edged.models.detection.yunet import YuNet
 #: Detector class per ``ModelSpec.family``; every class takes
 #: ``(spec, session, provider, *, det_size, max_upscale, threshold, nms_threshold,
 #: min_face_px, max_faces)``.
-DETECTORS: dict[str, type] = {
+DETECTORS: dict[str, type[OnnxDetector]] = {
     "scrfd": SCRFD,
     "yunet": YuNet,
     "retinaface": RetinaFace,

@@ -158,19 +158,19 @@ def symbolic_io(model: bytes, names: set[str]) -> bytes:
     return _edit(model, 7, graph)
 
 
-def dynamic_session(spec: ModelSpec, session: ort.InferenceSession) -> ort.InferenceSession:
-    """``session`` itself when its image input is dynamic, else the same file rebuilt with
-    symbolic batch/height/width (same options and providers).
+def dynamic_session(
+    spec: ModelSpec, session: ort.InferenceSession, path: Path
+) -> ort.InferenceSession:
+    """``session`` itself when its image input is dynamic, else the file it was opened from,
+    ``path``, rebuilt with symbolic batch/height/width (same options and providers).
 
     A fixed input cannot simply be letterboxed into: the published file's is 10 x 32 x 32.
-    The model path is ONNX Runtime's record of what it loaded (``_model_path``).
     """
     inputs = session.get_inputs()
     shape = list(inputs[0].shape) if len(inputs) == 1 else []
     if len(shape) == 4 and not any(isinstance(shape[a], int) for a in _SYMBOLIC):
         return session
-    path = getattr(session, "_model_path", None)
-    if not path or len(shape) != 4:
+    if len(shape) != 4:
         raise ModelMismatchError(
             f"{model_file(spec)}: expected one image input N x 3 x H x W that edged can make "
             f"dynamic, got {[(i.name, list(i.shape)) for i in inputs]}"
@@ -179,7 +179,7 @@ def dynamic_session(spec: ModelSpec, session: ort.InferenceSession) -> ort.Infer
 
     names = {inputs[0].name} | {o.name for o in session.get_outputs()}
     try:
-        model = symbolic_io(Path(path).read_bytes(), names)
+        model = symbolic_io(path.read_bytes(), names)
     except (OSError, ValueError) as exc:
         raise ModelMismatchError(
             f"{model_file(spec)}: cannot make its input dynamic: {exc}"
@@ -203,10 +203,11 @@ class CenterFace(OnnxDetector):
     family = "centerface"
     _blob_params = (1.0, 0.0, True)  # RGB 0..255, no normalisation
 
-    def __init__(
-        self, spec: ModelSpec, session: ort.InferenceSession, provider: str, **settings: Any
-    ) -> None:
-        super().__init__(spec, dynamic_session(spec, session), provider, **settings)
+    @classmethod
+    def prepare_session(
+        cls, spec: ModelSpec, session: ort.InferenceSession, path: Path
+    ) -> ort.InferenceSession:
+        return dynamic_session(spec, session, path)
 
     def _select_outputs(self, declared: Sequence[ort.NodeArg]) -> list[str]:
         # scale and offset have the same shape: the heads are told apart by output order.

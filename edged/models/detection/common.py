@@ -24,6 +24,8 @@ from edged.errors import ModelError, ModelMismatchError
 from edged.models.detection.base import Detections, FloatArray
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnxruntime as ort
 
     from edged.models.catalog import ModelSpec
@@ -414,6 +416,15 @@ class OnnxDetector:
         )
 
     # -- what a family provides ---------------------------------------------------------
+    @classmethod
+    def prepare_session(
+        cls, spec: ModelSpec, session: ort.InferenceSession, path: Path
+    ) -> ort.InferenceSession:
+        """The session this family runs on, given the one the loader opened from ``path``:
+        that one, unless the family must rebuild it from the file (CenterFace's fixed
+        input). The loader calls it, so the session it records is the one that runs."""
+        return session
+
     def _select_outputs(self, declared: Sequence[ort.NodeArg]) -> list[str]:
         """The outputs to run the warm-up on, after checking the declared ones fit."""
         raise NotImplementedError
