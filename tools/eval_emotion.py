@@ -53,41 +53,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-CANONICAL = [
-    "neutral",
-    "happy",
-    "sad",
-    "angry",
-    "fearful",
-    "disgusted",
-    "surprised",
-    "contemptuous",
-]
-# FER2013 / FER+ / HSEmotion spellings -> canonical
-TO_CANONICAL = {
-    "angry": "angry",
-    "anger": "angry",
-    "disgust": "disgusted",
-    "disgusted": "disgusted",
-    "fear": "fearful",
-    "fearful": "fearful",
-    "happy": "happy",
-    "happiness": "happy",
-    "neutral": "neutral",
-    "sad": "sad",
-    "sadness": "sad",
-    "surprise": "surprised",
-    "surprised": "surprised",
-    "contempt": "contemptuous",
-    "contemptuous": "contemptuous",
-}
+from edged.models.catalog import CANONICAL_LABELS as CANONICAL  # noqa: E402  (after REPO)
+from edged.models.catalog import LABEL_ALIASES  # noqa: E402
 
 
 def canon(name: str) -> str:
     key = str(name).strip().lower()
-    if key not in TO_CANONICAL:
+    if key not in LABEL_ALIASES:
         raise ValueError(f"unknown emotion label {name!r}")
-    return TO_CANONICAL[key]
+    return LABEL_ALIASES[key]
 
 
 # ------------------------------------------------------------------------------------ data
@@ -236,22 +210,19 @@ def build_eval_pipeline(a):
     from edged.models.providers import SessionFactory
     from edged.pipeline import build_pipeline
 
-    models_dir = a.models_dir
-    if models_dir is None or a.candidate:
+    if a.models_dir is None:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import make_models_dir  # the tests' seed layout of ../shared models
         from emotion_data import shared_root
 
-        tmp = Path(tempfile.mkdtemp(prefix="edged-eval-"))
-        if models_dir is not None:  # --candidate beside the user's models: copy what is there
-            import shutil
-
-            shutil.copytree(models_dir, tmp, dirs_exist_ok=True)
-            models_dir = tmp
-        else:
-            models_dir = make_models_dir(shared_root(), tmp)
+        models_dir = make_models_dir(shared_root(), Path(tempfile.mkdtemp(prefix="edged-eval-")))
+    elif a.candidate:  # never write into the user's models directory: link its folders
+        models_dir = linked_models_dir(Path(a.models_dir))
+    else:
+        models_dir = Path(a.models_dir)
     if a.candidate:
-        place_candidate(Path(a.candidate), Path(models_dir))
+        place_candidate(Path(a.candidate), models_dir)
+    classifier = CANDIDATE_SLOT if a.candidate else a.classifier
     ps = PipelineSettings(
         phase=a.phase,
         providers=a.providers.split(","),
@@ -259,15 +230,29 @@ def build_eval_pipeline(a):
         crop=a.crop,
         crop_margin=a.crop_margin,
         **({"detector": a.detector} if a.detector else {}),
-        **({"classifier": CANDIDATE_SLOT} if a.candidate else {}),
-        **({"classifier": a.classifier} if a.classifier else {}),
+        **({"classifier": classifier} if classifier else {}),
     )
     settings = Settings(pipeline=ps)
     factory = SessionFactory(providers=ps.providers, intra_op_threads=a.threads)
-    return build_pipeline(settings, factory, models_dir=Path(models_dir))
+    return build_pipeline(settings, factory, models_dir=models_dir)
 
 
 CANDIDATE_SLOT = "edged_fer_finetuned"
+
+
+def linked_models_dir(models_dir: Path) -> Path:
+    """A temporary models directory whose folders link to ``models_dir``'s, except the
+    candidate slot's, which ``place_candidate`` then fills (nothing is copied or changed)."""
+    import tempfile
+
+    from edged.models.catalog import CATALOG
+
+    slot_top = Path(CATALOG[CANDIDATE_SLOT].files[0]).parts[0]
+    tmp = Path(tempfile.mkdtemp(prefix="edged-eval-"))
+    for entry in models_dir.iterdir():
+        if entry.name != slot_top:
+            (tmp / entry.name).symlink_to(entry.resolve())
+    return tmp
 
 
 def place_candidate(onnx: Path, models_dir: Path) -> None:

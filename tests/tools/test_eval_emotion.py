@@ -53,6 +53,23 @@ def test_a_candidate_file_scores_what_its_catalogue_entry_scores(
     assert candidate["n"] == named["n"] == 9
 
 
+def test_a_candidate_beside_your_models_directory_leaves_it_untouched(
+    tmp_path: Path, photos: Path
+) -> None:
+    from edged.models.catalog import CATALOG
+    from tests.conftest import make_models_dir, shared_root
+
+    mine = make_models_dir(shared_root(), tmp_path / "mine", only=[CATALOG["yunet"].files[0]])
+    before = sorted(str(q.relative_to(mine)) for q in mine.rglob("*"))
+    got = _run(
+        tmp_path,
+        photos,
+        *("--models-dir", str(mine), "--candidate", str(MODELS / "edged_fer_v4.onnx")),
+    )
+    assert got["source"]["classifier"] == "edged_fer_finetuned" and got["n"] == 9
+    assert sorted(str(q.relative_to(mine)) for q in mine.rglob("*")) == before
+
+
 def test_a_candidate_trained_on_other_crops_is_refused_with_both_crops_named(
     tmp_path: Path, photos: Path
 ) -> None:
