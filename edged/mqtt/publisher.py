@@ -110,7 +110,9 @@ class Publisher:
     :class:`~edged.mqtt.router.ConfigRequest` (payload, request id, MQTT 5 response topic
     and correlation data), on paho's network thread; marshal it to the event loop with
     ``loop.call_soon_threadsafe``. ``on_config_set`` is the older form that receives the
-    raw payload only. The subscription exists only while a hook is set.
+    raw payload only. The subscription exists only while a hook is set. ``on_online`` is
+    called on the sender thread each time a new connection has said ``online`` (marshal it
+    too).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Publisher:
         *,
         on_config_set: Callable[[bytes], None] | None = None,
         on_config_request: Callable[[ConfigRequest], None] | None = None,
+        on_online: Callable[[], None] | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         spool: Spool | None = None,
     ) -> None:
@@ -126,6 +129,7 @@ class Publisher:
             raise PublishError("max_inflight must be >= 1")
         self._settings = settings
         self._topics = topics_for(settings)
+        self._on_online = on_online
         # Serialises start, stop and client replacement.
         self._lifecycle_lock = threading.Lock()
         # connection_key of the settings the current client was built from (None: none yet)
@@ -365,9 +369,12 @@ class Publisher:
         self._sender.request_discovery()
 
     def _announce(self) -> None:
-        """First thing on a new connection (sender thread): ``online``, then retained state."""
+        """First thing on a new connection (sender thread): ``online``, then retained state,
+        then the ``on_online`` hook (the daemon's heartbeat follows at once)."""
         self._link.publish(self._topics.status, STATUS_ONLINE, 1, True, TEXT)
         self._retained.announce()
+        if self._on_online is not None:
+            self._on_online()
 
     # -- observability -----------------------------------------------------------------------
 

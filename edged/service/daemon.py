@@ -217,7 +217,9 @@ class Daemon:
             ) from exc
         self.c.pipeline = await self.build_pipeline(s)
         publisher = self.c.publisher = Publisher(
-            s, on_config_request=self._on_config_request_threadsafe
+            s,
+            on_config_request=self._on_config_request_threadsafe,
+            on_online=self._on_publisher_online_threadsafe,
         )
         publisher.start()
         for cam in s.enabled_cameras():
@@ -335,6 +337,12 @@ class Daemon:
     async def reload_from_file(self) -> None:
         """SIGHUP: re-read the config file; an invalid one keeps the running config."""
         await self.reloader.reload_from_file()
+
+    def _on_publisher_online_threadsafe(self) -> None:
+        """Called on the publisher's sender thread after each new connection's ``online``."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.status.publisher_online)
 
     def _on_config_request_threadsafe(self, request: ConfigRequest) -> None:
         """Called on paho's thread: hand the request to the loop."""

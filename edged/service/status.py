@@ -27,7 +27,7 @@ from edged.runtime.tracking import iso_utc
 from edged.service.cameras import Cameras
 from edged.service.scheduler import Components, Scheduler
 from edged.service.sdnotify import Notifier
-from edged.service.workers import wait_event
+from edged.service.workers import wait_any
 
 log = structlog.get_logger(__name__)
 
@@ -63,22 +63,30 @@ class StatusReporter:
         self._stop = stop
         #: What each camera's retained ``status`` says now (published on change only).
         self._online: dict[str, bool] = {}
+        #: Set (on the loop) each time the publisher has announced itself on a connection.
+        self._announced = asyncio.Event()
+
+    def publisher_online(self) -> None:
+        """The publisher has just said ``online`` on a new connection: send the heartbeat
+        now, not at the loop's next poll (a short connection may end before it)."""
+        self._announced.set()
 
     async def heartbeat_loop(self) -> None:
         """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
         last = 0.0
-        was_connected = False
         while not self._stop.is_set():
+            announced = self._announced.is_set()
+            self._announced.clear()
             if self.c.publisher is not None:
                 connected = self.c.publisher.connected
                 now = time.monotonic()
                 due = now - last >= self.c.settings.mqtt.heartbeat_s
-                if connected and (due or not was_connected):
+                if connected and (due or announced):
                     self.c.publisher.publish_heartbeat(self.heartbeat().to_json())
                     last = now
-                was_connected = connected
                 self.publish_camera_availability()
-            await wait_event(self._stop, min(self.c.settings.mqtt.heartbeat_s, 0.5))
+            interval = min(self.c.settings.mqtt.heartbeat_s, 0.5)
+            await wait_any((self._stop, self._announced), interval)
 
     def publish_camera_availability(self) -> None:
         """Each camera's retained ``<camera>/status``: ``online`` while it is producing

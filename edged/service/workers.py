@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -25,11 +25,17 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
     real, and a cancelled loop would keep running through shutdown. ``asyncio.wait``
     never swallows the cancellation.
     """
-    waiter = asyncio.ensure_future(event.wait())
+    await wait_any((event,), timeout)
+
+
+async def wait_any(events: Iterable[asyncio.Event], timeout: float) -> None:
+    """:func:`wait_event` for the first of several events."""
+    waiters = {asyncio.ensure_future(e.wait()) for e in events}
     try:
-        await asyncio.wait({waiter}, timeout=timeout)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -207,6 +207,34 @@ def test_events_published_before_the_broker_exists_are_sent_once_it_does(
         broker.kill()
 
 
+def test_on_online_is_called_once_on_every_new_connection(
+    tmp_path: Path, publishers: list[Publisher]
+) -> None:
+    """The daemon sends its heartbeat from this hook: at once on each connection, however
+    short, instead of at its loop's next poll."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    rec = MqttRecorder(broker.host, broker.port, [f"{BASE}/status"])
+    calls: list[float] = []
+    try:
+        rec.wait_subscribed()
+        pub = start(
+            publishers,
+            make_settings(tmp_path / "state", broker),
+            on_online=lambda: calls.append(time.monotonic()),
+        )
+        wait_until(lambda: len(calls) == 1, what="the first connection's hook")
+        rec.wait_for(has_payload(f"{BASE}/status", b"online"), what="online, said before it")
+        broker.stop()
+        wait_until(lambda: not pub.stats().connected, what="publisher sees the outage")
+        assert len(calls) == 1
+        broker.start()
+        wait_until(lambda: len(calls) == 2, 20, "the hook again after reconnecting")
+    finally:
+        rec.close()
+        broker.kill()
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_outage_events_arrive_in_order_after_the_broker_restarts_on_the_same_port(
     tmp_path: Path, publishers: list[Publisher], protocol: str
