@@ -89,6 +89,7 @@ class Daemon:
         self.status = StatusReporter(
             self.c, self.cameras, self.scheduler, self.notifier, self._stop
         )
+        self.scheduler.on_frame = self.status.camera_produced
         self._reload_lock = asyncio.Lock()
         self.reloader = Reloader(self, self._reload_lock)
         self._started = False

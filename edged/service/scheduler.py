@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -88,6 +89,10 @@ class Scheduler:
         self._stop = stop
         self._frame_ready = frame_ready
         self._infer: Worker | None = None
+        #: Called on the loop with a camera's id after one of its frames was processed and
+        #: before its events and state go out (the daemon: camera availability, so a
+        #: recovered camera says ``online`` before its first event, not up to a poll later).
+        self.on_frame: Callable[[str], None] | None = None
 
     def close(self) -> None:
         if self._infer is not None:
@@ -192,6 +197,8 @@ class Scheduler:
         slot.last_processed = now
         slot.frames_processed += 1
         slot.faces = len(done.faces)
+        if self.on_frame is not None:
+            self.on_frame(cam_id)
         events = done.events
         if not per_person_allowed(self.c.settings.privacy):
             # Aggregate mode: the tracker still smooths each face, but only counts leave.

@@ -71,6 +71,13 @@ class StatusReporter:
         now, not at the loop's next poll (a short connection may end before it)."""
         self._announced.set()
 
+    def camera_produced(self, cam_id: str) -> None:
+        """A frame of ``cam_id`` was just processed: if its retained ``status`` does not say
+        ``online`` yet, re-evaluate availability now, so the status goes out before the
+        frame's events (same connection, published first) rather than at the next poll."""
+        if self._online.get(cam_id) is not True:
+            self.publish_camera_availability()
+
     async def heartbeat_loop(self) -> None:
         """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
         last = 0.0

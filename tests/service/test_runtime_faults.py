@@ -168,3 +168,59 @@ def test_a_tls_failure_is_logged_and_reported_with_its_reason(
     finally:
         if broker is not mqtt_broker:
             broker.kill()
+
+
+async def test_a_recovered_camera_is_online_before_its_first_event_without_the_status_poll(
+    tmp_path: Path, mqtt_broker: MosquittoBroker, models_dir: Path, scene: Scene
+) -> None:
+    """Availability follows the frame, not the status loop's 0.5 s poll: with that loop
+    stopped (the fault injected), a camera that comes back still publishes ``online``
+    before its first event, so a subscriber never gets an event from an "offline" camera."""
+    late = tmp_path / "late.avi"
+    settings = build_settings(
+        {
+            "device": {"id": DEVICE, "state_dir": str(tmp_path / "state")},
+            "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port, "heartbeat_s": 1},
+            "health": {"enabled": False},
+            "pipeline": {"detector": DETECTOR, "classifier": CLASSIFIER, "providers": ["cpu"]},
+            "smoothing": {"min_dwell_s": 0.3, "min_confidence": 0.0, "track_timeout_s": 1.0},
+            "models": {"dir": str(models_dir)},
+            "cameras": [
+                {
+                    "id": "late",
+                    "source": str(late),
+                    "fps": FPS,
+                    "loop": True,
+                    "reconnect_min_s": 0.2,
+                    "reconnect_max_s": 0.5,
+                }
+            ],
+        }
+    )
+    status_topic, event_topic = f"edged/{DEVICE}/late/status", f"edged/{DEVICE}/late/event"
+    rec = MqttRecorder(mqtt_broker.host, mqtt_broker.port, [status_topic, event_topic])
+    rec.wait_subscribed()
+    daemon = Daemon(settings, None)
+    run = asyncio.create_task(daemon.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while rec.payloads(status_topic)[-1:] != [b"offline"]:
+            assert not run.done() and asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        (poll,) = [t for t in daemon._tasks if t.get_name() == "heartbeat"]
+        poll.cancel()  # the fault: no periodic availability check from here on
+        late.write_bytes(scene.video.read_bytes())
+        deadline = asyncio.get_running_loop().time() + 60
+        while not rec.on(event_topic):
+            assert not run.done() and asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        ms = list(rec.messages)
+        first = next(i for i, m in enumerate(ms) if m.topic == event_topic)
+        before = [m.payload for m in ms[:first] if m.topic == status_topic]
+        assert before[-1:] == [b"online"], before
+    finally:
+        daemon.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run, 30)
+        rec.close()
+    assert run.result() == 0
