@@ -54,6 +54,21 @@ class FailingSession:
         return getattr(self.real, name)
 
 
+async def until(run: asyncio.Task[int], pred: Any, timeout: float, what: str) -> None:
+    """Wait for ``pred()`` while the in-process daemon ``run`` keeps running."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert not run.done(), f"the daemon ended while waiting for {what}"
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def stop_daemon(daemon: Daemon, run: asyncio.Task[int]) -> None:
+    daemon.request_stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(run, 30)
+
+
 def test_a_classifier_failing_at_run_time_raises_model_error_naming_the_model(
     shared: Path,
 ) -> None:
@@ -83,20 +98,13 @@ async def test_the_daemon_survives_a_failing_classifier_counts_the_frames_and_he
     daemon = Daemon(settings, None)
     run = asyncio.create_task(daemon.run())
 
-    async def until(pred: Any, timeout: float, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not pred():
-            assert not run.done(), f"the daemon ended while waiting for {what}"
-            assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
-            await asyncio.sleep(0.05)
-
     try:
-        await until(lambda: len(rec.on(f"edged/{DEVICE}/cam/event")) >= 1, 60, "first event")
+        await until(run, lambda: len(rec.on(f"edged/{DEVICE}/cam/event")) >= 1, 60, "first event")
         assert daemon.pipeline is not None and daemon.pipeline.classifier is not None
         clf: Any = daemon.pipeline.classifier
         failing = FailingSession(clf._sessions[0])
         clf._sessions[0] = failing
-        await until(lambda: daemon.snapshot().inference.failures >= 3, 60, "failures")
+        await until(run, lambda: daemon.snapshot().inference.failures >= 3, 60, "failures")
         assert not run.done()
         snap = daemon.snapshot()
         assert snap.cameras["cam"].frames_failed >= 3
@@ -117,11 +125,10 @@ async def test_the_daemon_survives_a_failing_classifier_counts_the_frames_and_he
         # The model recovers: events flow again, the daemon never stopped.
         failing.failing = False
         seen = len(rec.on(f"edged/{DEVICE}/cam/event"))
-        await until(lambda: len(rec.on(f"edged/{DEVICE}/cam/event")) > seen, 60, "events again")
+        more = lambda: len(rec.on(f"edged/{DEVICE}/cam/event")) > seen  # noqa: E731
+        await until(run, more, 60, "events again")
     finally:
-        daemon.request_stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(run, 30)
+        await stop_daemon(daemon, run)
         rec.close()
     assert run.result() == 0
 
@@ -203,24 +210,16 @@ async def test_a_recovered_camera_is_online_before_its_first_event_without_the_s
     daemon = Daemon(settings, None)
     run = asyncio.create_task(daemon.run())
     try:
-        deadline = asyncio.get_running_loop().time() + 60
-        while rec.payloads(status_topic)[-1:] != [b"offline"]:
-            assert not run.done() and asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await until(run, lambda: rec.payloads(status_topic)[-1:] == [b"offline"], 60, "offline")
         (poll,) = [t for t in daemon._tasks if t.get_name() == "heartbeat"]
         poll.cancel()  # the fault: no periodic availability check from here on
         late.write_bytes(scene.video.read_bytes())
-        deadline = asyncio.get_running_loop().time() + 60
-        while not rec.on(event_topic):
-            assert not run.done() and asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await until(run, lambda: bool(rec.on(event_topic)), 60, "the first event")
         ms = list(rec.messages)
         first = next(i for i, m in enumerate(ms) if m.topic == event_topic)
         before = [m.payload for m in ms[:first] if m.topic == status_topic]
         assert before[-1:] == [b"online"], before
     finally:
-        daemon.request_stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(run, 30)
+        await stop_daemon(daemon, run)
         rec.close()
     assert run.result() == 0
