@@ -48,7 +48,7 @@ from edged_train.data import (
 )
 from edged_train.export import choose_mode, export_onnx, onnx_accuracy
 from edged_train.loop import selection_metric
-from edged_train.model import build_model, ensemble, load_checkpoint, load_trained
+from edged_train.model import build_model, ensemble, load_checkpoint, load_trained, widen
 from edged_train.train import EmotionTrainer, Run, Split, logits_on, make_split
 
 
@@ -131,6 +131,13 @@ def build_net(run: Run) -> tuple[Any, tuple[int, ...], TrainConfig, dict[str, st
     if cfg.init_checkpoint and not cfg.export_from:
         net.load_state_dict(ck["state_dict"])
         run.log(f"initialised from {cfg.init_checkpoint}")
+        if cfg.widen_to:
+            wider = tuple(int(v) for v in cfg.widen_to.split(","))
+            net = widen(net, wider, seed=cfg.seed)
+            run.log(f"widened {widths} -> {wider}, same function (new channels copy old ones)")
+            widths = wider
+    elif cfg.widen_to:
+        raise SystemExit("--widen-to needs --init-checkpoint (the network to widen)")
     changes: dict[str, Any] = {"lr": cfg.peak_lr}
     if cfg.replay_schedule:
         changes["time_budget_min"] = 0

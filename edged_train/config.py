@@ -47,6 +47,7 @@ class TrainConfig:
     crop: int = 40
     ema_decay: float = 0.999
     init_checkpoint: str | None = None
+    widen_to: str | None = None
     export_from: str | None = None
     teacher: tuple[str, ...] = ()
     kd_weight: float = 0.5
@@ -204,6 +205,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--init-checkpoint", help="start from this .pt (state_dict + arch) instead of random init"
+    )
+    p.add_argument(
+        "--widen-to",
+        help="with --init-checkpoint: widen its stages to these channels (e.g. 64,128,256,384) "
+        "keeping its function (each new channel a copy of an old one), then train",
     )
 
 

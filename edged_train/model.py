@@ -51,6 +51,50 @@ def build_model(
     return EdgedFERNet()
 
 
+def widen(net: Any, widths: tuple[int, ...], noise: float = 0.01, seed: int = 0) -> Any:
+    """``net`` with more channels per stage that computes the same function (Net2WiderNet,
+    Chen et al. 2016): each new channel copies a random existing one (its conv filter and
+    BatchNorm), and the next layer's weights from a copied channel are shared out among its
+    copies. ``noise`` (relative to each layer's weight spread) on the new filters lets the
+    copies learn apart. A wider network can so start from a trained one's function instead
+    of from random weights, which a CPU's training budget could not make up for.
+    """
+    import torch
+    import torch.nn as nn
+
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    bns = [m for m in net.features if isinstance(m, nn.BatchNorm2d)]
+    old = [c.out_channels for c in convs[::2]]
+    if len(widths) != len(old) or any(w < o for w, o in zip(widths, old, strict=True)):
+        raise ValueError(f"cannot widen stages {tuple(old)} to {tuple(widths)}")
+    gen = torch.Generator().manual_seed(seed)
+    wide = build_model(tuple(widths), net.fc.out_features, net.drop.p)
+    wconvs = [m for m in wide.features if isinstance(m, nn.Conv2d)]
+    wbns = [m for m in wide.features if isinstance(m, nn.BatchNorm2d)]
+    prev_map: torch.Tensor | None = None  # new input channel -> old channel
+    prev_count: torch.Tensor | None = None  # copies of each old channel
+    with torch.no_grad():
+        for conv, bn, wconv, wbn in zip(convs, bns, wconvs, wbns, strict=True):
+            c_old, c_new = conv.out_channels, wconv.out_channels
+            extra = torch.randint(0, c_old, (c_new - c_old,), generator=gen)
+            out_map = torch.cat([torch.arange(c_old), extra])
+            w = conv.weight[out_map]
+            if prev_map is not None and prev_count is not None:
+                w = w[:, prev_map] / prev_count[prev_map].view(1, -1, 1, 1)
+            if c_new > c_old and noise > 0:
+                spread = float(conv.weight.std())
+                w[c_old:] += noise * spread * torch.randn(w[c_old:].shape, generator=gen)
+            wconv.weight.copy_(w)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(wbn, name).copy_(getattr(bn, name)[out_map])
+            wbn.num_batches_tracked.copy_(bn.num_batches_tracked)
+            prev_map, prev_count = out_map, torch.bincount(out_map, minlength=c_old).float()
+        assert prev_map is not None and prev_count is not None
+        wide.fc.weight.copy_(net.fc.weight[:, prev_map] / prev_count[prev_map].view(1, -1))
+        wide.fc.bias.copy_(net.fc.bias)
+    return wide
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 

@@ -141,3 +141,31 @@ def test_extra_data_framed_differently_from_the_training_data_is_refused(
     other = Dataset(trained["images"][:2], np.zeros(2, np.int64), {"x.npz": "0"}, face_crop=None)
     with pytest.raises(SystemExit, match="framed"):
         joined(base, [other])
+
+
+def test_a_widened_network_computes_the_same_logits_and_trains_on_from_them(
+    trained: dict[str, Any],
+) -> None:
+    """``--widen-to`` starts a wider network from a trained one's function (Net2WiderNet):
+    without noise its logits equal the original's; the run records the new widths."""
+    from edged_train.model import load_trained, widen
+
+    root = trained["root"]
+    start = root / "run" / "edged_fer_v1.pt"
+    net, ck = load_trained(start)
+    wider = widen(net, (64, 128, 256, 320), noise=0.0).eval()
+    x = torch.randn(8, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(net(x), wider(x), atol=1e-4)
+    assert [m.out_channels for m in wider.features if isinstance(m, torch.nn.Conv2d)][::2] == [
+        64, 128, 256, 320,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen(net, (32, 96, 192, 256))
+    _train(
+        *("--data", str(root / "slice.npz"), "--out", str(root / "wide"), "--test-modes", "full"),
+        *("--init-checkpoint", str(start), "--widen-to", "64,128,256,320"),
+    )
+    _, ck_wide = load_trained(root / "wide" / "edged_fer_v1.pt")
+    assert ck_wide["arch"]["widths"] == [64, 128, 256, 320]
+    assert ck["arch"]["widths"] == [48, 96, 192, 256]
