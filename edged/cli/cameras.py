@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from edged.cli.common import ConfigOpt, JsonOpt, exit_with, group, load, setup_logging
+from edged.cli.common import ConfigOpt, JsonOpt, admin_settings, exit_with, group
 
 app = group("Camera sources.")
 
@@ -28,8 +28,7 @@ def cameras_probe(
     from edged.cli import render
     from edged.runtime.probe import probe_cameras
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     report = probe_cameras(settings.cameras, devices=devices, timeout=timeout)
     if as_json:
         render.print_json(render.probe_json(report))

@@ -85,6 +85,13 @@ def load(config: Path | None) -> Settings:
     return settings
 
 
+def admin_settings(config: Path | None) -> Settings:
+    """The start of an admin command (models, cameras): warnings-only logging, then the
+    settings of ``config``, errors as a clean exit."""
+    setup_logging()
+    return load(config)
+
+
 def models_dir_of(settings: Settings, models_dir: Path | None) -> Path:
     return Path(models_dir) if models_dir is not None else Path(settings.models.dir)
 

@@ -15,12 +15,11 @@ from edged.cli.common import (
     ConfigOpt,
     JsonOpt,
     ModelsDirOpt,
+    admin_settings,
     errors,
     exit_with,
     group,
-    load,
     models_dir_of,
-    setup_logging,
 )
 
 app = group("The model catalogue: list, fetch, verify, import.")
@@ -36,8 +35,7 @@ def models_list(
     from edged.cli import render
     from edged.models.store import read_status
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     with errors():
         status = read_status(models_dir_of(settings, models_dir))
     if as_json:
@@ -69,8 +67,7 @@ def models_fetch(
     from edged.cli import render
     from edged.models.store import fetch_models, phase_spec
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     mdir = models_dir_of(settings, models_dir)
     ph = "" if names else (phase or settings.pipeline.phase)
     with errors():
@@ -105,8 +102,7 @@ def models_verify(
     from edged.cli import render
     from edged.models.store import verify_models
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     with errors():
         report = verify_models(models_dir_of(settings, models_dir), settings.pipeline, names or [])
     if as_json:
@@ -128,8 +124,7 @@ def models_import(
     from edged.cli import render
     from edged.models.store import import_model
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     with errors():
         result = import_model(
             file, as_name, models_dir_of(settings, models_dir), settings.pipeline, part=part
@@ -167,8 +162,7 @@ def models_quantize(
     """
     from edged.cli.quantize import models_quantize as impl
 
-    setup_logging()
-    settings = load(config)
+    settings = admin_settings(config)
     with errors():
         code = impl(
             settings,
