@@ -1,14 +1,15 @@
 """edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
 
-v6 (``edged_fer``, ``edged_fer_fast``: one graph) is four runs (v5 among them) distilled
-into v5's network; v5 (``edged_fer_v5``, kept loadable) is three runs on FER2013 and real
-photos (v4 among them) distilled into v4's network; v4 (``edged_fer_v4``, kept loadable) is v3
-fine-tuned on FER2013 and real photos, both re-cut by edged's own detector and alignment; v3
-(``edged_fer_v3``, kept loadable) learnt the FER2013 crops alone. Each runs one pass per
-aligned 48x48 face (the whole face or its centre 40x40, as its validation chose).
-v2 (``edged_fer_v2``, kept loadable) averages ten views of each face inside its graph (five
-scales, each mirrored); ``edged_fer_v2_fast`` is the same weights in one pass. All go
-through the same loader.
+v7 (``edged_fer``, ``edged_fer_fast``: one graph) is three shipped runs (v6 among them)
+distilled into v6's network; v6 (``edged_fer_v6``, kept loadable) is four runs (v5 among
+them) distilled into v5's network; v5 (``edged_fer_v5``, kept loadable) is three runs on
+FER2013 and real photos (v4 among them) distilled into v4's network; v4 (``edged_fer_v4``,
+kept loadable) is v3 fine-tuned on FER2013 and real photos, both re-cut by edged's own
+detector and alignment; v3 (``edged_fer_v3``, kept loadable) learnt the FER2013 crops alone.
+Each runs one pass per aligned 48x48 face (the whole face or its centre 40x40, as its
+validation chose). v2 (``edged_fer_v2``, kept loadable) averages ten views of each face
+inside its graph (five scales, each mirrored); ``edged_fer_v2_fast`` is the same weights in
+one pass. All go through the same loader.
 
 Uses FER2013 test images from ``../shared/datasets`` (or ``$EDGED_SHARED``), read in place.
 """
@@ -33,16 +34,18 @@ V3 = MODEL_DIR / "edged_fer_v3.onnx"
 V4 = MODEL_DIR / "edged_fer_v4.onnx"
 V5 = MODEL_DIR / "edged_fer_v5.onnx"
 V6 = MODEL_DIR / "edged_fer_v6.onnx"
+V7 = MODEL_DIR / "edged_fer_v7.onnx"
 SHIPPED = {
     "edged_fer_v2": ONNX,
     "edged_fer_v2_fast": FAST,
     "edged_fer_v3": V3,
     "edged_fer_v4": V4,
     "edged_fer_v5": V5,
-    "edged_fer": V6,
-    "edged_fer_fast": V6,
+    "edged_fer_v6": V6,
+    "edged_fer": V7,
+    "edged_fer_fast": V7,
 }
-DETECTOR_CROPPED = (V3, V4, V5, V6)
+DETECTOR_CROPPED = (V3, V4, V5, V6, V7)
 # the views the sidecar's test-time mode names: input sizes, each also mirrored
 VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
@@ -171,9 +174,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize(("path", "start"), [(V4, V3), (V5, V4), (V6, V5)], ids=["v4", "v5", "v6"])
+@pytest.mark.parametrize(
+    ("path", "start"), [(V4, V3), (V5, V4), (V6, V5), (V7, V6)], ids=["v4", "v5", "v6", "v7"]
+)
 def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: Path) -> None:
-    """v4's, v5's and v6's real photos are the ``select-fit`` part: never the report half, never
+    """v4's to v7's real photos are the ``select-fit`` part: never the report half, never
     the ``select-check`` part they were chosen on; each starts from the model before it."""
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["train_config"]["extra_data"] == ["/tmp/fer/photos_fit.npz"]
@@ -181,12 +186,14 @@ def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: 
     assert side["init_checkpoint"]["sha256"] == _sha(start.with_suffix(".pt"))
 
 
-@pytest.mark.parametrize(("path", "runs", "first"), [(V5, 3, V4), (V6, 4, V5)], ids=["v5", "v6"])
+@pytest.mark.parametrize(
+    ("path", "runs", "first"), [(V5, 3, V4), (V6, 4, V5), (V7, 3, V6)], ids=["v5", "v6", "v7"]
+)
 def test_distilled_models_are_one_network_taught_by_several_runs(
     path: Path, runs: int, first: Path
 ) -> None:
-    """v5's teachers are v4 and two other runs, v6's are v5 and three other runs: one set
-    of weights of the same size as the model each started from."""
+    """v5's teachers are v4 and two other runs, v6's are v5 and three other runs, v7's are
+    v6, v5 and v4: one set of weights of the same size as the model each started from."""
     side = json.loads(path.with_suffix(".json").read_text())
     teachers = side["teacher"]
     assert len(teachers) == runs and len({t["sha256"] for t in teachers}) == runs
