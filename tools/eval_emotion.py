@@ -26,6 +26,13 @@ choose, ``--half report`` to report; see tools/emotion_data.py):
   python tools/eval_emotion.py --pipeline --classifier edged_fer \
       --data ../shared/datasets/fer2013_test.npz --split PrivateTest
   python tools/eval_emotion.py --pipeline --half select-check --candidate run/edged_fer_v6.onnx
+  python tools/eval_emotion.py --pipeline --half select-check --candidate run/edged_fer_v8.onnx \
+      --against edged_fer
+
+``--against NAME`` runs a second catalogue model on the same photos and prints a paired
+bootstrap over people (2,000 resamples of the photos' people, each with all their photos):
+the macro-F1 and accuracy differences with a 95 % interval. An interval that spans 0 is a
+difference these photos cannot tell apart.
 
 ``--candidate FILE`` runs a model made by tools/train_emotion.py through the same pipeline
 before it has a name: it takes the catalogue's ``edged_fer_finetuned`` slot (family ``fer``,
@@ -279,6 +286,22 @@ def place_candidate(onnx: Path, models_dir: Path) -> None:
 
 
 def evaluate_pipeline(pipe, items, y_true):
+    """Metrics of the main face of each photo (``no_face`` where none is found); the
+    per-photo labels are in ``res["_pred"]`` (not written to JSON)."""
+    t0 = time.perf_counter()
+    preds = predict_pipeline(pipe, items)
+    wall = time.perf_counter() - t0
+    res = metrics(y_true, preds, pipeline_labels(pipe), wall)
+    res["no_face"] = int(sum(p == NO_FACE for p in preds))
+    res["_pred"] = preds
+    return res
+
+
+def pipeline_labels(pipe):
+    return [canon(n) for n in pipe.classifier.labels] + [NO_FACE]
+
+
+def predict_pipeline(pipe, items):
     """Labels of the main face of each photo (``no_face`` where none is found).
 
     ``items`` are image paths (photos: the largest face is the labelled person) or FER2013
@@ -289,7 +312,6 @@ def evaluate_pipeline(pipe, items, y_true):
     from fer_crops import enlarge, largest, nearest_centre
 
     preds = []
-    t0 = time.perf_counter()
     for item in items:
         if isinstance(item, np.ndarray):
             img = enlarge(item)
@@ -307,11 +329,58 @@ def evaluate_pipeline(pipe, items, y_true):
         else:  # the labelled person of a photo: as tools/fer_crops.py --photos cuts it
             face = faces[largest(boxes)]
         preds.append(canon(face.emotion))
-    wall = time.perf_counter() - t0
-    labels = [canon(n) for n in pipe.classifier.labels] + [NO_FACE]
-    res = metrics(y_true, np.array(preds), labels, wall)
-    res["no_face"] = int(sum(p == NO_FACE for p in preds))
-    return res
+    return np.array(preds)
+
+
+def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, resamples=2000, seed=0):
+    """How sure is "A beats B" on these photos? Resample the *people* (all photos of a
+    drawn person together, since one person's photos are not independent) with replacement,
+    and recompute both models' macro-F1 and accuracy on each resample. Returns the observed
+    differences A - B, their 2.5/97.5 % percentiles and the share of resamples where A is
+    ahead: a difference whose interval spans 0 is not one these photos can tell apart."""
+    rng = np.random.default_rng(seed)
+    people = sorted(set(groups))
+    by_person = {g: [] for g in people}
+    for i, g in enumerate(groups):
+        by_person[g].append(i)
+    members = [np.array(by_person[g]) for g in people]
+    observed = {
+        "macro_f1": metrics(y_true, pred_a, labels)["macro_f1"]
+        - metrics(y_true, pred_b, labels)["macro_f1"],
+        "accuracy": float((pred_a == y_true).mean() - (pred_b == y_true).mean()),
+    }
+    draws = {"macro_f1": [], "accuracy": []}
+    for _ in range(resamples):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(people), len(people))])
+        yt, pa, pb = y_true[idx], pred_a[idx], pred_b[idx]
+        draws["macro_f1"].append(
+            metrics(yt, pa, labels)["macro_f1"] - metrics(yt, pb, labels)["macro_f1"]
+        )
+        draws["accuracy"].append(float((pa == yt).mean() - (pb == yt).mean()))
+    out = {"resamples": resamples, "people": len(people), "seed": seed}
+    for key, values in draws.items():
+        v = np.array(values)
+        out[key] = {
+            "difference": observed[key],
+            "interval_95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))],
+            "share_ahead": float((v > 0).mean()),
+        }
+    return out
+
+
+def print_comparison(cmp, a_name, b_name):
+    print(
+        f"paired bootstrap over people ({cmp['people']} people, {cmp['resamples']} resamples): "
+        f"{a_name} minus {b_name}"
+    )
+    for key in ("macro_f1", "accuracy"):
+        c = cmp[key]
+        lo, hi = c["interval_95"]
+        print(
+            f"  {key:<9} {c['difference'] * 100:+6.2f} points, 95 % interval "
+            f"[{lo * 100:+.2f}, {hi * 100:+.2f}], "
+            f"ahead in {c['share_ahead'] * 100:.1f} % of resamples"
+        )
 
 
 def evaluate(clf, images, y_true, batch_size=256):
@@ -505,6 +574,11 @@ def main(argv=None):
         help="an edged_fer-family ONNX file (with its JSON sidecar) evaluated through the "
         "pipeline in the edged_fer_finetuned slot (see above)",
     )
+    pp.add_argument(
+        "--against",
+        help="a catalogue emotion model to compare with on the same photos: prints both and a "
+        "paired bootstrap over people of the macro-F1 and accuracy differences",
+    )
     pp.add_argument("--phase", default="lite", help="phase whose chains are used (default lite)")
     pp.add_argument("--detector", help="detector name (overrides the phase)")
     pp.add_argument(
@@ -615,8 +689,10 @@ def main_pipeline(a, p):
         p.error("--pipeline takes --classifier NAME (catalogue), not --onnx")
     if a.candidate and a.classifier:
         p.error("--candidate takes the edged_fer_finetuned slot: give it without --classifier")
+    if a.against and a.data:
+        p.error("--against compares on photos (their people, from the file names, are resampled)")
     sys.path.insert(0, str(REPO / "tools"))
-    from emotion_data import load_photos
+    from emotion_data import load_photos, person_of
 
     if a.data:  # FER2013 faces, enlarged 4x with a border, through the whole pipeline
         images, y, info = load_npz(a.data, a.split, a.dedup_against)
@@ -653,7 +729,9 @@ def main_pipeline(a, p):
         "crop": crop.to_json() if crop is not None else None,
         "path": "edged.pipeline.build_pipeline (the daemon's detector, crop, classifier)",
     }
-    res = evaluate_pipeline(pipe, [f for f, _ in items], np.array([lab for _, lab in items]))
+    y_true = np.array([lab for _, lab in items])
+    res = evaluate_pipeline(pipe, [f for f, _ in items], y_true)
+    pred = res.pop("_pred")
     if a.data:
         info["pipeline_input"] = "48x48 face enlarged 4x, 12 px replicated border (fer_crops)"
     title = (
@@ -664,6 +742,19 @@ def main_pipeline(a, p):
     result = {"source": source, "data": info, **res}
     if a.json != "-":
         print_report(res, title)
+    if a.against:
+        base = build_eval_pipeline(
+            argparse.Namespace(**{**vars(a), "candidate": None, "classifier": a.against})
+        )
+        base_res = evaluate_pipeline(base, [f for f, _ in items], y_true)
+        base_pred = base_res.pop("_pred")
+        persons = [person_of(Path(f).name) for f, _ in items]
+        labels = sorted(set(pipeline_labels(pipe)) | set(pipeline_labels(base)))
+        cmp = paired_bootstrap(y_true, pred, base_pred, persons, labels)
+        result["against"] = {"classifier": a.against, **base_res, "comparison": cmp}
+        if a.json != "-":
+            print_report(base_res, f"{a.against} (--against) on the same photos")
+            print_comparison(cmp, source["classifier"], a.against)
     if a.plot:
         result["plot"] = a.plot if plot(res, a.plot, title) else None
     if a.json:

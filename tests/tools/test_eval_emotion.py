@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 import eval_emotion  # noqa: E402
-from emotion_data import load_photos  # noqa: E402
+from emotion_data import load_photos, person_of  # noqa: E402
 
 MODELS = REPO / "models" / "edged_fer"
 
@@ -75,3 +75,39 @@ def test_a_candidate_trained_on_other_crops_is_refused_with_both_crops_named(
 ) -> None:
     with pytest.raises(SystemExit, match=r"face_crop None is not .*'mode': 'align'"):
         _run(tmp_path, photos, "--candidate", str(MODELS / "edged_fer_v2.onnx"))
+
+
+def test_the_paired_bootstrap_resamples_people_and_says_when_a_difference_is_unclear() -> None:
+    import numpy as np
+
+    y = np.array(["happy", "sad", "happy", "sad", "angry", "angry"])
+    people = ["a", "a", "b", "b", "c", "c"]
+    labels = ["happy", "sad", "angry", "no_face"]
+    same = eval_emotion.paired_bootstrap(y, y, y, people, labels, resamples=200)
+    assert same["people"] == 3
+    assert same["macro_f1"]["difference"] == 0.0 and same["macro_f1"]["interval_95"] == [0, 0]
+    assert same["macro_f1"]["share_ahead"] == 0.0
+    # right everywhere against wrong everywhere: ahead in every resample
+    wrong = np.array(["sad", "happy", "sad", "happy", "happy", "happy"])
+    clear = eval_emotion.paired_bootstrap(y, y, wrong, people, labels, resamples=200)
+    assert clear["accuracy"]["difference"] == 1.0 and clear["accuracy"]["share_ahead"] == 1.0
+    assert clear["macro_f1"]["interval_95"][0] > 0
+    # one person's photos decide it: the interval spans 0 when that person is left out
+    one = np.array(["happy", "sad", "sad", "happy", "happy", "happy"])
+    split = eval_emotion.paired_bootstrap(y, one, wrong, people, labels, resamples=400)
+    assert split["accuracy"]["interval_95"][0] == 0.0 < split["accuracy"]["interval_95"][1]
+    assert 0.0 < split["accuracy"]["share_ahead"] < 1.0
+
+
+def test_against_measures_both_models_on_the_same_photos_and_compares_them(
+    tmp_path: Path, photos: Path
+) -> None:
+    res = _run(tmp_path, photos, "--classifier", "edged_fer", "--against", "edged_fer_v2_fast")
+    other = res["against"]
+    assert other["classifier"] == "edged_fer_v2_fast" and other["n"] == res["n"] == 9
+    cmp = other["comparison"]
+    assert cmp["people"] == len({person_of(p.name) for p in photos.rglob("*.jpg")})
+    assert abs(cmp["macro_f1"]["difference"] - (res["macro_f1"] - other["macro_f1"])) < 1e-9
+    assert abs(cmp["accuracy"]["difference"] - (res["accuracy"] - other["accuracy"])) < 1e-9
+    lo, hi = cmp["macro_f1"]["interval_95"]
+    assert lo <= hi
