@@ -99,6 +99,23 @@ def test_the_paired_bootstrap_resamples_people_and_says_when_a_difference_is_unc
     assert 0.0 < split["accuracy"]["share_ahead"] < 1.0
 
 
+def test_the_bootstraps_macro_f1_from_counts_is_the_reports_macro_f1() -> None:
+    """The bootstrap scores resamples from confusion counts; it must be the same macro-F1
+    the report prints (classes absent from the truth left out of the mean)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    classes = sorted([*eval_emotion.CANONICAL, eval_emotion.NO_FACE])
+    at = {c: i for i, c in enumerate(classes)}
+    for n in (5, 40, 300):
+        y = rng.choice(["happy", "sad", "angry", "disgusted"], n)
+        pred = np.where(rng.random(n) < 0.5, y, rng.choice(["happy", "no_face", "fearful"], n))
+        cm = np.zeros((len(classes), len(classes)), int)
+        np.add.at(cm, ([at[c] for c in y], [at[c] for c in pred]), 1)
+        want = eval_emotion.metrics(y, pred, classes)["macro_f1"]
+        assert abs(float(eval_emotion.macro_f1_of_counts(cm)) - want) < 1e-12
+
+
 def test_against_measures_both_models_on_the_same_photos_and_compares_them(
     tmp_path: Path, photos: Path
 ) -> None:
