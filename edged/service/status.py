@@ -24,7 +24,7 @@ from edged.contracts.status import (
 )
 from edged.privacy import per_person_allowed
 from edged.runtime.tracking import iso_utc
-from edged.service.cameras import Cameras
+from edged.service.cameras import Cameras, CameraSlot
 from edged.service.scheduler import Components, Scheduler
 from edged.service.sdnotify import Notifier
 from edged.service.workers import wait_any
@@ -75,8 +75,8 @@ class StatusReporter:
         """A frame of ``cam_id`` was just processed: if its retained ``status`` does not say
         ``online`` yet, re-evaluate availability now, so the status goes out before the
         frame's events (same connection, published first) rather than at the next poll."""
-        if self._online.get(cam_id) is not True:
-            self.publish_camera_availability()
+        if self._online.get(cam_id) is not True and (slot := self.cameras.get(cam_id)) is not None:
+            self._announce_availability(cam_id, slot)
 
     async def heartbeat_loop(self) -> None:
         """Every ``heartbeat_s``, and at once after (re)connecting, so nobody waits 30 s."""
@@ -102,19 +102,24 @@ class StatusReporter:
         the others stay. Sent on change; the publisher re-sends it after reconnecting."""
         if self.c.publisher is None:
             return
-        statuses = self.cameras.status()
-        for cam_id in [c for c in self._online if c not in statuses]:
+        slots = dict(self.cameras.items())
+        for cam_id in [c for c in self._online if c not in slots]:
             del self._online[cam_id]
-        for cam_id, st in statuses.items():
-            slot = self.cameras.get(cam_id)
-            fps = slot.settings.fps if slot is not None else 1.0
-            age = st.last_frame_age_s
-            online = (
-                st.state == "running" and age is not None and age < max(STALE_FRAME_S, 3.0 / fps)
-            )
-            if self._online.get(cam_id) != online:
-                self._online[cam_id] = online
-                self.c.publisher.publish_camera_status(cam_id, online)
+        for cam_id, slot in slots.items():
+            self._announce_availability(cam_id, slot)
+
+    def _announce_availability(self, cam_id: str, slot: CameraSlot) -> None:
+        """Publish ``cam_id``'s availability if it differs from what its retained status
+        says (one camera: a frame of one camera re-evaluates only that one)."""
+        if self.c.publisher is None:
+            return
+        st = slot.status()
+        age = st.last_frame_age_s
+        fps = slot.settings.fps
+        online = st.state == "running" and age is not None and age < max(STALE_FRAME_S, 3.0 / fps)
+        if self._online.get(cam_id) != online:
+            self._online[cam_id] = online
+            self.c.publisher.publish_camera_status(cam_id, online)
 
     async def watchdog_loop(self) -> None:
         """Ping systemd's watchdog only while the loop and the inference thread make progress."""
