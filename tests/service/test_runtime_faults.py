@@ -125,7 +125,10 @@ async def test_the_daemon_survives_a_failing_classifier_counts_the_frames_and_he
         # The model recovers: events flow again, the daemon never stopped.
         failing.failing = False
         seen = len(rec.on(f"edged/{DEVICE}/cam/event"))
-        more = lambda: len(rec.on(f"edged/{DEVICE}/cam/event")) > seen  # noqa: E731
+
+        def more() -> bool:
+            return len(rec.on(f"edged/{DEVICE}/cam/event")) > seen
+
         await until(run, more, 60, "events again")
     finally:
         await stop_daemon(daemon, run)
