@@ -527,19 +527,30 @@ CATALOG: dict[str, ModelSpec] = {
         ),
         _fer(
             "edged_fer",
-            "edged_fer/edged_fer_v7.onnx",
-            "edged's own FER model v7 (48x48 grayscale; runs on FER2013 and real photos, all "
-            "cut by edged's detector and alignment, distilled into one network, three times), "
-            "ships with edged; one pass on the aligned 48x48 face",
+            "edged_fer/edged_fer_v8.onnx",
+            "edged's own FER model v8 (48x48 grayscale; runs on FER2013 and real photos, all "
+            "cut by edged's detector and alignment, distilled into one network, three times, "
+            "refit on the whole selection half), ships with edged; one pass on the aligned "
+            "48x48 face",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
         ),
         _fer(
             "edged_fer_fast",
-            "edged_fer/edged_fer_v7.onnx",
+            "edged_fer/edged_fer_v8.onnx",
             "since v3 the same graph as edged_fer, which is already a single pass; the name "
             "is kept for existing configs",
+            license=_FER_LICENSE,
+            shipped=True,
+            crops=V3_CROPS,
+        ),
+        _fer(
+            "edged_fer_v7",
+            "edged_fer/edged_fer_v7.onnx",
+            "edged_fer v7 (v6, v5 and v4 distilled into one network; the select-fit photos "
+            "only), kept loadable: the reference new recipes are compared against on "
+            "select-check (see models/README.md)",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
@@ -548,7 +559,7 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer_v6",
             "edged_fer/edged_fer_v6.onnx",
             "edged_fer v6 (v5 and three other runs distilled into one network), kept "
-            "loadable: see models/README.md for how it compares with v7",
+            "loadable: see models/README.md for how it compares",
             license=_FER_LICENSE,
             shipped=True,
             crops=V3_CROPS,
@@ -601,7 +612,7 @@ CATALOG: dict[str, ModelSpec] = {
             "edged_fer fine-tuned on your own faces (the seed's ravdess_finetuned/)",
             license="yours: trained with tools/train_emotion.py --image-folder",
             notes="Make it with tools/train_emotion.py --image-folder DIR --init-checkpoint "
-            "models/edged_fer/edged_fer_v7.pt, then `edged models import FILE --as "
+            "models/edged_fer/edged_fer_v8.pt, then `edged models import FILE --as "
             "edged_fer_finetuned`.",
             crops=V3_CROPS,
         ),

@@ -214,6 +214,7 @@ def test_verify_passes_for_good_models(shared: Path, tmp_path: Path, config: Pat
         "edged_fer",
         "edged_fer_fast",
         "edged_fer_int8",
+        "edged_fer_v7",
         "edged_fer_v6",
         "edged_fer_v5",
         "edged_fer_v4",

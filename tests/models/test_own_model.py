@@ -1,6 +1,7 @@
 """edged's own emotion models (models/edged_fer): shipped files, sidecar, accuracy smoke test.
 
-v7 (``edged_fer``, ``edged_fer_fast``: one graph) is three shipped runs (v6 among them)
+v8 (``edged_fer``, ``edged_fer_fast``: one graph) is v7's recipe refit on the whole selection
+half of the photos; v7 (``edged_fer_v7``, kept loadable) is three shipped runs (v6 among them)
 distilled into v6's network; v6 (``edged_fer_v6``, kept loadable) is four runs (v5 among
 them) distilled into v5's network; v5 (``edged_fer_v5``, kept loadable) is three runs on
 FER2013 and real photos (v4 among them) distilled into v4's network; v4 (``edged_fer_v4``,
@@ -35,6 +36,7 @@ V4 = MODEL_DIR / "edged_fer_v4.onnx"
 V5 = MODEL_DIR / "edged_fer_v5.onnx"
 V6 = MODEL_DIR / "edged_fer_v6.onnx"
 V7 = MODEL_DIR / "edged_fer_v7.onnx"
+V8 = MODEL_DIR / "edged_fer_v8.onnx"
 SHIPPED = {
     "edged_fer_v2": ONNX,
     "edged_fer_v2_fast": FAST,
@@ -42,10 +44,11 @@ SHIPPED = {
     "edged_fer_v4": V4,
     "edged_fer_v5": V5,
     "edged_fer_v6": V6,
-    "edged_fer": V7,
-    "edged_fer_fast": V7,
+    "edged_fer_v7": V7,
+    "edged_fer": V8,
+    "edged_fer_fast": V8,
 }
-DETECTOR_CROPPED = (V3, V4, V5, V6, V7)
+DETECTOR_CROPPED = (V3, V4, V5, V6, V7, V8)
 # the views the sidecar's test-time mode names: input sizes, each also mirrored
 VIEW_SIZES = (40, 44, 48, 52, 56)
 FER_TO_CANONICAL = {
@@ -186,14 +189,29 @@ def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: 
     assert side["init_checkpoint"]["sha256"] == _sha(start.with_suffix(".pt"))
 
 
+def test_the_refit_is_v7s_command_with_the_whole_selection_half_as_its_photos() -> None:
+    """v8 is v7's command with one change, the photos: all of the selection half (the
+    recipe was chosen on ``select-check``, so the shipped model may then learn it too;
+    ``tools/fer_crops.py --photos`` cannot cut the report half)."""
+    v7, v8 = (json.loads(p.with_suffix(".json").read_text()) for p in (V7, V8))
+    assert v8["train_config"]["extra_data"] == ["/tmp/fer/photos_select.npz"]
+    assert "photos_select.npz" in v8["data_sha256"]
+    changed = {k for k in v7["train_config"] if v7["train_config"][k] != v8["train_config"][k]}
+    assert changed <= {"extra_data", "version", "out", "time_budget_min"}
+    assert v8["init_checkpoint"] == v7["init_checkpoint"] and v8["teacher"] == v7["teacher"]
+    assert v8["data_sha256"]["train_align.npz"] == v7["data_sha256"]["train_align.npz"]
+
+
 @pytest.mark.parametrize(
-    ("path", "runs", "first"), [(V5, 3, V4), (V6, 4, V5), (V7, 3, V6)], ids=["v5", "v6", "v7"]
+    ("path", "runs", "first"),
+    [(V5, 3, V4), (V6, 4, V5), (V7, 3, V6), (V8, 3, V6)],
+    ids=["v5", "v6", "v7", "v8"],
 )
 def test_distilled_models_are_one_network_taught_by_several_runs(
     path: Path, runs: int, first: Path
 ) -> None:
-    """v5's teachers are v4 and two other runs, v6's are v5 and three other runs, v7's are
-    v6, v5 and v4: one set of weights of the same size as the model each started from."""
+    """v5's teachers are v4 and two other runs, v6's are v5 and three other runs, v7's (and
+    v8's) are v6, v5 and v4: one set of weights of the same size as the model each started from."""
     side = json.loads(path.with_suffix(".json").read_text())
     teachers = side["teacher"]
     assert len(teachers) == runs and len({t["sha256"] for t in teachers}) == runs
