@@ -87,7 +87,9 @@ def widen(net: Any, widths: tuple[int, ...], noise: float = 0.01, seed: int = 0)
             wconv.weight.copy_(w)
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(wbn, name).copy_(getattr(bn, name)[out_map])
-            wbn.num_batches_tracked.copy_(bn.num_batches_tracked)
+            tracked, src = wbn.num_batches_tracked, bn.num_batches_tracked
+            assert tracked is not None and src is not None  # BatchNorm2d tracks by default
+            tracked.copy_(src)
             prev_map, prev_count = out_map, torch.bincount(out_map, minlength=c_old).float()
         assert prev_map is not None and prev_count is not None
         wide.fc.weight.copy_(net.fc.weight[:, prev_map] / prev_count[prev_map].view(1, -1))
