@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         val_accuracy_by_mode=mode_acc,
         params=n_params,
         data_sha256=data.data_sha,
+        learnt_from=data.sources,
         val_size=len(va_idx),
         train_size=len(tr_idx),
         val_accuracy=val_acc,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,11 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm",
 @dataclass
 class Dataset:
     """Training images (uint8 Nx48x48 gray) with labels, optional FER+ soft targets, the
-    digests of the files read, and the framing of detector-made crops (``face_crop``)."""
+    digests of the files read, and the framing of detector-made crops (``face_crop``).
+
+    ``sources`` names what each file was cut from (the npz's ``source``, e.g.
+    ``facial_expressions:select-fit``), so a model's sidecar says which photos it learnt
+    and no evaluation can score it on them by mistake."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -46,6 +50,7 @@ class Dataset:
     soft: np.ndarray | None = None
     soft_valid: np.ndarray | None = None
     face_crop: dict[str, Any] | None = None
+    sources: dict[str, str] = field(default_factory=dict)
 
     def subset(self, limit: int, seed: int) -> Dataset:
         """A seeded random ``limit`` images (debug runs), in file order."""
@@ -53,7 +58,13 @@ class Dataset:
         soft = None if self.soft is None else self.soft[sub]
         valid = None if self.soft_valid is None else self.soft_valid[sub]
         return Dataset(
-            self.images[sub], self.labels[sub], self.data_sha, soft, valid, self.face_crop
+            self.images[sub],
+            self.labels[sub],
+            self.data_sha,
+            soft,
+            valid,
+            self.face_crop,
+            self.sources,
         )
 
 
@@ -158,8 +169,10 @@ def load_npz(path: str | Path, soft_targets: bool) -> Dataset:
     classes = [str(c) for c in d["classes"]]
     if classes != FER_CLASSES:
         raise SystemExit(f"class order {classes} != {FER_CLASSES}")
-    data = Dataset(d["images"], d["labels"].astype(np.int64), {Path(path).name: sha256_file(path)})
+    name = Path(path).name
+    data = Dataset(d["images"], d["labels"].astype(np.int64), {name: sha256_file(path)})
     data.face_crop = training_crop(d)
+    data.sources = {name: str(d["source"]) if "source" in d.files else name}
     if soft_targets:
         if "ferplus_votes" not in d.files:
             raise SystemExit("--soft-targets needs ferplus_votes in the npz")
@@ -174,6 +187,7 @@ def joined(base: Dataset, extras: list[Dataset]) -> tuple[Dataset, np.ndarray]:
     framings of the face when the daemon cuts one. Images without FER+ votes get one-hot
     targets (``soft_valid`` False)."""
     images, labels, shas = [base.images], [base.labels], dict(base.data_sha)
+    sources = dict(base.sources)
     softs = [base.soft] if base.soft is not None else None
     valids = [base.soft_valid] if base.soft_valid is not None else None
     for ex in extras:
@@ -185,6 +199,7 @@ def joined(base: Dataset, extras: list[Dataset]) -> tuple[Dataset, np.ndarray]:
         images.append(ex.images)
         labels.append(ex.labels)
         shas.update(ex.data_sha)
+        sources.update(ex.sources)
         if softs is not None and valids is not None:
             n = len(ex.images)
             softs.append(ex.soft if ex.soft is not None else np.zeros((n, 7), np.float32))
@@ -197,13 +212,15 @@ def joined(base: Dataset, extras: list[Dataset]) -> tuple[Dataset, np.ndarray]:
         None if softs is None else np.concatenate(softs),
         None if valids is None else np.concatenate(valids),
         base.face_crop,
+        sources,
     )
     return out, np.arange(n_base, len(out.images))
 
 
 def load_folder(root: str | Path) -> Dataset:
     images, labels, files = load_image_folder(root)
-    return Dataset(images, labels, {f"image_folder:{Path(root).name}": folder_digest(files, root)})
+    name = f"image_folder:{Path(root).name}"
+    return Dataset(images, labels, {name: folder_digest(files, root)}, sources={name: name})
 
 
 def normalised(images: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ CARRIED = (
     "best_weights",
     "init_checkpoint",
     "teacher",
+    "learnt_from",
     "train_wall_s",
     "torch_version",
     "git_rev",
@@ -86,6 +87,8 @@ class Provenance:
     val_accuracy_by_mode: dict[str, float]
     params: int
     data_sha256: dict[str, str]
+    #: training file -> what it was cut from (FER2013, or a part of facial_expressions)
+    learnt_from: dict[str, str]
     val_size: int
     train_size: int
     val_accuracy: float

@@ -80,6 +80,29 @@ class Photo:
     person: str
 
 
+def parts_of(half: str) -> set[str]:
+    """The parts (``select-fit``, ``select-check``, ``report``) that ``half`` covers."""
+    if half == "all":
+        return {*SELECT_PARTS, "report"}
+    if half == "select":
+        return set(SELECT_PARTS)
+    if half in (*SELECT_PARTS, "report"):
+        return {half}
+    raise ValueError(f"half must be one of {HALVES + SELECT_PARTS} or 'all', got {half!r}")
+
+
+def learnt_parts(sidecar: dict) -> set[str]:
+    """The parts of the photos a model learnt, from its sidecar's ``learnt_from`` (training
+    file -> what ``tools/fer_crops.py`` cut it from, e.g. ``facial_expressions:select-fit``).
+    Empty for a model that learnt none, or whose sidecar does not say."""
+    out: set[str] = set()
+    for source in (sidecar.get("learnt_from") or {}).values():
+        kind, _, half = str(source).partition(":")
+        if kind == "facial_expressions":
+            out |= parts_of(half)
+    return out
+
+
 def load_photos(root: Path | None = None, half: str = "all") -> list[Photo]:
     """The labelled photos of ``half`` (``select``, ``report``, ``all``, or a part of the
     selection half: ``select-fit``, ``select-check``), in file order."""

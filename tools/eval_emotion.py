@@ -613,6 +613,12 @@ def main(argv=None):
         help="a catalogue emotion model to compare with on the same photos: prints both and a "
         "paired bootstrap over people of the macro-F1 and accuracy differences",
     )
+    pp.add_argument(
+        "--allow-learnt",
+        action="store_true",
+        help="measure a model on photos its sidecar says it learnt (a training-fit figure; "
+        "refused otherwise)",
+    )
     pp.add_argument("--phase", default="lite", help="phase whose chains are used (default lite)")
     pp.add_argument("--detector", help="detector name (overrides the phase)")
     pp.add_argument(
@@ -718,6 +724,50 @@ def main(argv=None):
     return 0
 
 
+def sidecar_of(a, name):
+    """The training sidecar of catalogue model ``name`` (``--candidate``: the file's own),
+    or None where there is none (a seed model, a stand-in, an imported file)."""
+    from edged.models.catalog import CATALOG
+
+    spec = CATALOG[name]
+    if a.candidate and name == CANDIDATE_SLOT:
+        files = [Path(a.candidate)]
+    elif spec.shipped or a.models_dir:  # shipped: edged's own models/, whatever the dir
+        files = list(spec.paths(Path(a.models_dir or ".")))
+    else:  # the seed layout of ../shared: no training sidecars there
+        return None
+    for f in files:
+        side = f.with_suffix(".json")
+        if side.is_file():
+            found = json.loads(side.read_text())
+            source = found.get("source")  # a quantized model: its source model's training
+            if "learnt_from" not in found and isinstance(source, str):
+                trained = (side.parent.parent / source).with_suffix(".json")
+                if trained.is_file():
+                    return trained, json.loads(trained.read_text())
+            return side, found
+    return None
+
+
+def refuse_learnt(p, a, name, half):
+    """Stop before a model is scored on photos it learnt: such a figure measures memory,
+    and a choice made on it would pick the model that memorised best."""
+    from emotion_data import learnt_parts, parts_of
+
+    found = sidecar_of(a, name)
+    if found is None:
+        return
+    side_path, side = found
+    overlap = learnt_parts(side) & parts_of(half)
+    if overlap:
+        p.error(
+            f"{name} learnt the {', '.join(sorted(overlap))} photos ({side_path}: learnt_from "
+            f"{side['learnt_from']}), so --half {half} would measure what it memorised; "
+            "measure it on photos it never saw (models/README.md says which model is the "
+            "reference for select-check), or pass --allow-learnt for a training-fit figure"
+        )
+
+
 def main_pipeline(a, p):
     if a.onnx:
         p.error("--pipeline takes --classifier NAME (catalogue), not --onnx")
@@ -754,6 +804,10 @@ def main_pipeline(a, p):
         items = kept
         info["limit_per_class"] = a.limit_per_class
     pipe = build_eval_pipeline(a)
+    if not (a.data or a.image_folder or a.allow_learnt):
+        refuse_learnt(p, a, pipe.models["classifier"], a.half)
+        if a.against:
+            refuse_learnt(p, a, a.against, a.half)
     crop = pipe.crop
     source = {
         "phase": a.phase,

@@ -474,6 +474,7 @@ def sidecar(
         "scheduled_epochs": tr.schedule.epochs,
         "epoch_changes": run["budget"].changes,
         "data_sha256": run["data_sha"],
+        "learnt_from": run["learnt_from"],
         "train_size": len(tr.tr_idx),
         "val_size": len(tr.va_idx),
         "train_wall_s": round(run["train_wall"], 1),
@@ -520,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         t_start=t_start,
         face_crop=data.face_crop,
         data_sha=data.data_sha,
+        learnt_from=data.sources,
         report={"val_metrics": final_val, "best_epoch": ck["epoch"]},
     )
     side_path = out / f"{stem}.json"

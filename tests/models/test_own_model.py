@@ -186,6 +186,7 @@ def test_photo_trained_models_learnt_the_selection_half_only(path: Path, start: 
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["train_config"]["extra_data"] == ["/tmp/fer/photos_fit.npz"]
     assert "photos_fit.npz" in side["data_sha256"]
+    assert side["learnt_from"]["photos_fit.npz"] == "facial_expressions:select-fit"
     assert side["init_checkpoint"]["sha256"] == _sha(start.with_suffix(".pt"))
 
 
@@ -196,6 +197,7 @@ def test_the_refit_is_v7s_command_with_the_whole_selection_half_as_its_photos() 
     v7, v8 = (json.loads(p.with_suffix(".json").read_text()) for p in (V7, V8))
     assert v8["train_config"]["extra_data"] == ["/tmp/fer/photos_select.npz"]
     assert "photos_select.npz" in v8["data_sha256"]
+    assert v8["learnt_from"]["photos_select.npz"] == "facial_expressions:select"
     changed = {k for k in v7["train_config"] if v7["train_config"][k] != v8["train_config"][k]}
     assert changed <= {"extra_data", "version", "out", "time_budget_min"}
     assert v8["init_checkpoint"] == v7["init_checkpoint"] and v8["teacher"] == v7["teacher"]

@@ -77,6 +77,47 @@ def test_a_candidate_trained_on_other_crops_is_refused_with_both_crops_named(
         _run(tmp_path, photos, "--candidate", str(MODELS / "edged_fer_v2.onnx"))
 
 
+def test_a_model_is_refused_on_photos_its_sidecar_says_it_learnt(tmp_path: Path) -> None:
+    """v8 learnt the whole selection half and v7 its ``select-fit`` part: scoring either on
+    what it learnt would measure memory, so the tool stops and names the sidecar and the
+    photos (a quantized model answers for its source); ``--allow-learnt`` overrides."""
+    from emotion_data import learnt_parts
+
+    v8 = json.loads((MODELS / "edged_fer_v8.json").read_text())
+    assert learnt_parts(v8) == {"select-fit", "select-check"}
+    few = ("--pipeline", "--limit-per-class", "1", "--json", str(tmp_path / "m.json"))
+    for name, half in (
+        ("edged_fer", "select-check"),
+        ("edged_fer_int8", "select-fit"),
+        ("edged_fer_v7", "select"),
+    ):
+        with pytest.raises(SystemExit):
+            eval_emotion.main([*few, "--classifier", name, "--half", half])
+    with pytest.raises(SystemExit):  # the model compared with is checked too
+        eval_emotion.main(
+            [
+                *few,
+                "--classifier",
+                "edged_fer_v7",
+                "--half",
+                "select-check",
+                "--against",
+                "edged_fer",
+            ]
+        )
+    assert eval_emotion.main([*few, "--classifier", "edged_fer_v7", "--half", "select-check"]) == 0
+    allowed = [*few, "--classifier", "edged_fer", "--half", "select-check", "--allow-learnt"]
+    assert eval_emotion.main(allowed) == 0
+
+
+def test_the_refusal_names_the_sidecar_and_the_photos(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        eval_emotion.main(["--pipeline", "--classifier", "edged_fer", "--half", "select-check"])
+    err = capsys.readouterr().err
+    assert "edged_fer_v8.json" in err and "facial_expressions:select" in err
+    assert "--allow-learnt" in err
+
+
 def test_the_paired_bootstrap_resamples_people_and_says_when_a_difference_is_unclear() -> None:
     import numpy as np
 

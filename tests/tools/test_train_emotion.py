@@ -104,7 +104,8 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
 ) -> None:
     """``--extra-data`` joins the training side only (``--extra-repeat`` times), so the
     validation images stay FER2013's whatever a run learns from; ``--teacher A B`` distils
-    the mean of several runs into one network."""
+    the mean of several runs into one network; the sidecar's ``learnt_from`` names what
+    each training file was cut from (so no evaluation scores it on those photos)."""
     root = trained["root"]
     crop = trained["crop"]
     n_extra = 20
@@ -118,6 +119,7 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
         classes=classes,
         ferplus_votes=np.full((n_extra, 10), -1, np.int16),
         crop=np.array(json.dumps(crop.to_json())),
+        source=np.array("facial_expressions:select-fit"),
     )
     teacher = str(root / "run" / "edged_fer_v1.pt")
     _train(
@@ -130,6 +132,10 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
     assert side["train_size"] == trained["side"]["train_size"] + 3 * n_extra
     assert [t["path"] for t in side["teacher"]] == [teacher, teacher]
     assert "photos.npz" in side["data_sha256"]
+    assert side["learnt_from"] == {
+        "slice.npz": "slice.npz",  # no ``source`` in the file: its own name
+        "photos.npz": "facial_expressions:select-fit",
+    }
 
 
 def test_extra_data_framed_differently_from_the_training_data_is_refused(
