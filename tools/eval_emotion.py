@@ -363,7 +363,8 @@ def paired_bootstrap(y_true, pred_a, pred_b, groups, labels, resamples=2000, see
     k = len(classes)
     at = {c: i for i, c in enumerate(classes)}
     t = np.array([at[c] for c in y_true])
-    person = np.array([people.index(g) for g in groups]) if len(groups) else np.zeros(0, int)
+    index = {g: i for i, g in enumerate(people)}
+    person = np.array([index[g] for g in groups], int)
 
     def per_person(pred):  # [people, k*k]: each person's confusion matrix, flattened
         p = np.array([at[c] for c in pred])
@@ -727,7 +728,7 @@ def main(argv=None):
 def sidecar_of(a, name):
     """The training sidecar of catalogue model ``name`` (``--candidate``: the file's own),
     or None where there is none (a seed model, a stand-in, an imported file)."""
-    from edged.models.catalog import CATALOG
+    from edged.models.catalog import CATALOG, shipped_models_dir
 
     spec = CATALOG[name]
     if a.candidate and name == CANDIDATE_SLOT:
@@ -742,9 +743,10 @@ def sidecar_of(a, name):
             found = json.loads(side.read_text())
             source = found.get("source")  # a quantized model: its source model's training
             if "learnt_from" not in found and isinstance(source, str):
-                trained = (side.parent.parent / source).with_suffix(".json")
-                if trained.is_file():
-                    return trained, json.loads(trained.read_text())
+                for root in (side.parent.parent, shipped_models_dir()):
+                    trained = (root / source).with_suffix(".json")
+                    if trained.is_file():
+                        return trained, json.loads(trained.read_text())
             return side, found
     return None
 
