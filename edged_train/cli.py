@@ -100,7 +100,10 @@ def split_data(run: Run, data: Dataset) -> tuple[Dataset, np.ndarray, np.ndarray
     training side only (``--extra-repeat`` times), so validation stays the same FER2013
     images whatever extras a run learns from and runs stay comparable."""
     cfg = run.cfg
-    tr_idx, va_idx = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
+    if cfg.data:
+        name = Path(cfg.data).name
+        sidecar.check_lineage(cfg, name, data.data_sha[name])
+    tr_idx, va_idx = stratified_split(data.labels, cfg.val_fraction, cfg.split_seed)
     if not cfg.extra_data:
         return data, tr_idx, va_idx
     extras = [load_npz(path, cfg.soft_targets) for path in cfg.extra_data]

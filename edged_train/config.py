@@ -53,6 +53,9 @@ class TrainConfig:
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
     seed: int = 20261125
+    #: The validation split's own seed, apart from ``seed``: runs that start from or learn
+    #: from each other must hold out the same images, or validation scores memory.
+    split_seed: int = 20261125
     threads: int = 2
     device: str = "auto"
     bf16: bool = True
@@ -144,7 +147,14 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--label-smoothing", type=float, default=0.1, help="share spread over the 7 classes"
     )
-    p.add_argument("--seed", type=int, default=20261125, help="seed of split, init, batches")
+    p.add_argument("--seed", type=int, default=20261125, help="seed of init, batches, augmentation")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=20261125,
+        help="seed of the validation split (keep it across runs that start from or teach each "
+        "other: every shipped edged_fer used the default)",
+    )
     p.add_argument(
         "--limit", type=int, default=0, help="debug: use only the first N training images"
     )

@@ -117,17 +117,58 @@ def build(
     return side
 
 
+def of_checkpoint(checkpoint: str | Path) -> Path:
+    """The sidecar a run wrote beside ``checkpoint`` (``NAME.pt``, ``.best.pt``, ``.last.pt``
+    -> ``NAME.json``); it may not exist."""
+    name = Path(checkpoint).name
+    for suffix in (".best.pt", ".last.pt", ".pt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(checkpoint).with_name(name + ".json")
+
+
+def split_of(side: dict[str, Any]) -> tuple[int, float]:
+    """(seed, fraction) of a run's validation split: ``split_seed`` since it exists, the run's
+    ``seed`` before (the split used it)."""
+    tc = side.get("train_config", {})
+    return int(tc.get("split_seed", side.get("seed", tc.get("seed")))), float(tc["val_fraction"])
+
+
+def check_lineage(cfg: TrainConfig, data_file: str, data_sha: str) -> None:
+    """Refuse a run whose start model or teachers learnt from its validation images: one
+    that read the same ``--data`` file under another split (seed or fraction) trained on
+    images this run holds out, so its validation (which chooses the epoch and test-time
+    mode) would score memory. A checkpoint without a sidecar, or trained on other data,
+    cannot be checked and is let through."""
+    mine = (cfg.split_seed, cfg.val_fraction)
+    for role, path in [
+        *(("--init-checkpoint", p) for p in [cfg.init_checkpoint] if p),
+        *(("--export-from", p) for p in [cfg.export_from] if p),
+        *(("--teacher", p) for p in cfg.teacher),
+    ]:
+        side_path = of_checkpoint(path)
+        if not side_path.is_file():
+            continue
+        side = json.loads(side_path.read_text())
+        if side.get("data_sha256", {}).get(data_file) != data_sha:
+            continue
+        theirs = split_of(side)
+        if theirs != mine:
+            raise SystemExit(
+                f"{role} {path} was trained on {data_file} with validation split "
+                f"(seed {theirs[0]}, fraction {theirs[1]}) ({side_path}); this run's split "
+                f"(--split-seed {mine[0]}, --val-fraction {mine[1]}) would validate on images "
+                f"it learnt: give --split-seed {theirs[0]} --val-fraction {theirs[1]}"
+            )
+
+
 def carry_over(side: dict[str, Any], cfg: TrainConfig, t_start: float) -> None:
     """Export-only run: the weights were trained by an earlier run, whose sidecar (next to
     the checkpoint) says how; this one only chose the test-time mode and exported."""
     assert cfg.export_from
     exported_from, rev = side["init_checkpoint"], side["git_rev"]
-    src_name = Path(cfg.export_from).name
-    for suffix in (".best.pt", ".last.pt", ".pt"):
-        if src_name.endswith(suffix):
-            src_name = src_name[: -len(suffix)]
-            break
-    trained = Path(cfg.export_from).with_name(src_name + ".json")
+    trained = of_checkpoint(cfg.export_from)
     run = json.loads(trained.read_text()) if trained.is_file() else {}
     for key in CARRIED:
         if key in run:

@@ -138,6 +138,27 @@ def test_extra_photos_are_trained_on_never_validated_on_and_an_ensemble_teaches(
     }
 
 
+def test_a_run_may_not_validate_on_images_its_start_or_teachers_learnt(
+    trained: dict[str, Any],
+) -> None:
+    """The validation split has its own seed: a new ``--seed`` (batches, augmentation) keeps
+    the held-out images, and a split other than the one the start model or a teacher was
+    trained under on the same file is refused, naming the checkpoint and both splits (that
+    split's validation would score what they memorised)."""
+    root = trained["root"]
+    teacher = str(root / "run" / "edged_fer_v1.pt")
+    data = ("--data", str(root / "slice.npz"), "--test-modes", "full")
+    for change in (("--split-seed", "7"), ("--val-fraction", "0.2")):
+        with pytest.raises(SystemExit, match=r"--teacher .*edged_fer_v1\.pt .*seed 20261125"):
+            _train(*data, "--out", str(root / "leak"), "--teacher", teacher, *change)
+        with pytest.raises(SystemExit, match=r"--init-checkpoint .*give --split-seed 20261125"):
+            _train(*data, "--out", str(root / "leak"), "--init-checkpoint", teacher, *change)
+    _train(*data, "--out", str(root / "reseed"), "--teacher", teacher, "--seed", "7")
+    side = json.loads((root / "reseed" / "edged_fer_v1.json").read_text())
+    assert side["seed"] == 7 and side["train_config"]["split_seed"] == 20261125
+    assert side["val_size"] == trained["side"]["val_size"]
+
+
 def test_extra_data_framed_differently_from_the_training_data_is_refused(
     trained: dict[str, Any],
 ) -> None:
