@@ -113,17 +113,14 @@ def load_photos(root: Path | None = None, half: str = "all") -> list[Photo]:
             f"{table} not found: the real photos live in ../shared/datasets/facial_expressions "
             "(set EDGED_SHARED)"
         )
-    if half not in (*HALVES, *SELECT_PARTS, "all"):
-        raise ValueError(f"half must be one of {HALVES + SELECT_PARTS} or 'all', got {half!r}")
+    wanted = parts_of(half)
     out: list[Photo] = []
     with table.open(newline="") as fh:
         for row in csv.DictReader(fh):
             name, label = row["file"], row["label"].strip().lower()
             if label not in PHOTO_LABELS:
                 raise ValueError(f"{table}: unknown label {label!r} for {name}")
-            if half in HALVES and half_of(name) != half:
-                continue
-            if half in SELECT_PARTS and part_of(name) != half:
+            if part_of(name) not in wanted:
                 continue
             out.append(Photo(root / "images" / name, PHOTO_LABELS[label], person_of(name)))
     out.sort(key=lambda p: p.path.name)
